@@ -102,7 +102,7 @@ def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration=
     if not any(u.kind in ("conv", "matmul") for u in candidates):
         warnings.warn("the model has no quantizable Conv2D/DepthwiseConv2D/MatMul; returning it in fp32", stacklevel=3)
         return QuantizationResult(fp32, fp32, [], {})
-    options = RewriteOptions(per_channel=per_channel, reduce_range=not has_vnni(), kernels=kernels)
+    options = RewriteOptions(per_channel=per_channel, pair_safe_weights=not has_vnni(), kernels=kernels)
     sample: list = []
     calibrated = {}
 

@@ -36,14 +36,18 @@ class QTensor:
     max: str
     dtype: tf.DType
     mode: str = "SCALED"
+    # A signed tensor kept as quint8 codes q for x = low + q * (high - low) / 255 (MIN_FIRST), so convolutions
+    # read it unsigned; they declare the range [0, high - low] and add low * sum(weights) to their bias.
+    shift: tuple[float, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class RewriteOptions:
     per_channel: bool = True
-    # Without VNNI, oneDNN sums u8*s8 pairs in int16, which saturates for 8-bit activations and
-    # weights; reduce_range keeps unsigned activations to 7 bits (values 0..128), as FBGEMM does.
-    reduce_range: bool = False
+    # Without VNNI, oneDNN adds the u8*s8 products of input channels 2k and 2k+1 in int16, which
+    # saturates for 8-bit activations and weights; pair_safe_weights scales weights that meet
+    # unsigned inputs so that no such pair can exceed it (see _quantize_weights).
+    pair_safe_weights: bool = False
     # "onednn": the internal _FusedQuantized*/_QuantizedMatMul ops (fastest); "public": the
     # Quantized*WithBias*AndRequantize ops, which take only unsigned conv inputs and fuse less.
     kernels: str = "onednn"
@@ -60,11 +64,17 @@ class _Rewriter:
         self.nodes = {n.name: n for n in graph_def.node}
         self.ranges = ranges
         self.options = options
-        self.quantized: dict[str, QTensor] = {}
+        self.quantized: dict[str, QTensor] = {}  # int8 op outputs
+        self.entries: dict[tuple, QTensor] = {}   # (fp32 tensor, shift) -> its QuantizeV2
         self.new_nodes = []
 
     def run(self, units, outputs):
         order = {node.name: i for i, node in enumerate(topological_order(self.graph_def, self.nodes))}
+        self.readers = {}
+        for unit in units:
+            self.readers.setdefault(unit.data_input, []).append(unit)
+            if unit.summand:
+                self.readers.setdefault(unit.summand, []).append(None)  # a summand must stay SCALED
         read_as_int8 = {u.data_input for u in units} | {u.summand for u in units if u.summand}
         replaced = set()
         for unit in sorted(units, key=lambda u: order[u.output]):  # a summand's producer comes first
@@ -108,81 +118,122 @@ class _Rewriter:
         if self.options.kernels != "onednn":
             return False
         summand = self.quantized.get(unit.summand)
-        return summand.dtype == tf.quint8 if summand else self.ranges[unit.summand][0] >= 0
+        return summand.dtype == tf.quint8 and summand.shift is None if summand else self.ranges[unit.summand][0] >= 0
 
-    def _input(self, tensor: str, for_matmul: bool) -> QTensor:
-        """The int8 form of ``tensor``: an int8 op's output, or a new QuantizeV2 with the calibrated range."""
+    def _input(self, tensor: str, reader: Unit | None) -> QTensor:
+        """The int8 form of ``tensor`` for ``reader`` (None: a summand): an int8 op's output, or a QuantizeV2 with
+        the calibrated range. A signed fp32 tensor gets a shifted form for readers that take one, a qint8 one
+        for the others (two QuantizeV2 when its readers differ)."""
         if tensor in self.quantized:
             return self.quantized[tensor]
         lo, hi = self.ranges[tensor]
+        shift = _zero_exact(lo, hi) if lo < 0 and self._reader_can_shift(reader) else None
+        if (tensor, shift) in self.entries:
+            return self.entries[tensor, shift]
         base = node_name(tensor) + ("_quantize" if tensor.endswith(":0") else f"_{tensor.rsplit(':', 1)[1]}_quantize")
-        if for_matmul and lo < 0:
-            dtype, mode, hi = tf.quint8, "MIN_FIRST", lo + (hi - lo) * self._unsigned_widening()
+        if shift:
+            base, dtype, mode, (lo, hi) = f"{base}_shifted", tf.quint8, "MIN_FIRST", shift
         elif lo >= 0:
-            dtype, mode, lo, hi = tf.quint8, "SCALED", 0.0, hi * self._unsigned_widening()
+            dtype, mode, lo = tf.quint8, "SCALED", 0.0
         else:
             dtype, mode, bound = tf.qint8, "SCALED", max(-lo, hi)
             lo, hi = -bound, bound
         self.new_nodes.extend([N.const(f"{base}/min", np.float32(lo)), N.const(f"{base}/max", np.float32(hi)),
                                N.quantize_v2(base, tensor, f"{base}/min", f"{base}/max", dtype, mode)])
-        q = QTensor(f"{base}:0", f"{base}:1", f"{base}:2", dtype, mode)
-        self.quantized[tensor] = q
-        return q
+        self.entries[tensor, shift] = QTensor(f"{base}:0", f"{base}:1", f"{base}:2", dtype, mode, shift)
+        return self.entries[tensor, shift]
 
-    def _unsigned_widening(self) -> float:
-        """Declaring twice the range leaves unsigned values in 0..128: 7 bits, no int16 saturation."""
-        return 2.0 if self.options.reduce_range else 1.0
+    def _can_shift(self, tensor: str) -> bool:
+        """Whether every int8 reader of ``tensor`` can take it shifted to unsigned."""
+        return self.options.kernels == "onednn" and all(map(self._reader_can_shift, self.readers.get(tensor, ())))
 
-    def _output_range(self, unit: Unit) -> tuple[float, float, tf.DType]:
-        """(min, max, dtype) of a requantized output: quint8 [0, M] when non-negative, else qint8 [-M, M]."""
+    def _reader_can_shift(self, reader: Unit | None) -> bool:
+        """Whether ``reader`` can take its input shifted to unsigned: a MatMul, a conv that does not pad, or a
+        pool/reshape whose own readers can; not a summand, and not with the public kernels.
+
+        Without VNNI oneDNN halves the weights of a convolution with a signed input (``sa0.5`` in its
+        verbose log); an unsigned input keeps all 8 bits. The kernel's zero padding would stand for ``low``,
+        so a convolution that pads keeps a signed input (padding the codes with TF's PadV2 was tried:
+        on fer it cost 4 ms per batch of 32, more than the int8 convolutions saved).
+        """
+        if reader is None or self.options.kernels != "onednn":
+            return False
+        if reader.kind == "conv":
+            return not _pads(self.nodes[reader.anchor], _const_value(self.nodes[reader.weights]).shape)
+        return reader.kind == "matmul" or self._can_shift(reader.output_tensor)
+
+    def _pair_safe(self, x: QTensor) -> bool:
+        return self.options.pair_safe_weights and x.dtype == tf.quint8
+
+    def _output_range(self, unit: Unit) -> tuple[float, float, tf.DType, tuple | None]:
+        """(min, max, dtype, shift) of a requantized output: quint8 [0, M] when non-negative; else, when its
+        readers allow, quint8 codes of x - low in [0, high - low] (``shift`` = (low, high)); else qint8 [-M, M]."""
         lo, hi = self.ranges[unit.output_tensor]
         if unit.activation == "Relu6":
             hi = min(hi, 6.0)  # Relu6 is Relu with the quantized range capped at 6
         if unit.activation or lo >= 0:
-            return 0.0, max(hi, MIN_RANGE_WIDTH) * self._unsigned_widening(), tf.quint8
+            return 0.0, max(hi, MIN_RANGE_WIDTH), tf.quint8, None
+        if self._can_shift(unit.output_tensor):
+            shift = _zero_exact(lo, hi)
+            return 0.0, shift[1] - shift[0], tf.quint8, shift
         bound = max(-lo, hi, MIN_RANGE_WIDTH)  # no larger floor: a range of 1e-8 keeps its 8 bits
-        return -bound, bound, tf.qint8
+        return -bound, bound, tf.qint8, None
+
+    def _shifted_output(self, base: str, dtype, shift) -> QTensor:
+        """The QTensor of an op's output; a shifted one gets constants holding its float range for its readers."""
+        if shift is None:
+            return QTensor(f"{base}:0", f"{base}:1", f"{base}:2", dtype)
+        self.new_nodes.extend([N.const(f"{base}/low", np.float32(shift[0])), N.const(f"{base}/high", np.float32(shift[1]))])
+        return QTensor(f"{base}:0", f"{base}/low", f"{base}/high", dtype, "MIN_FIRST", shift)
 
     def _conv(self, unit: Unit) -> QTensor:
         anchor = self.nodes[unit.anchor]
-        x = self._input(unit.data_input, for_matmul=False)
+        x = self._input(unit.data_input, unit)
         weights = _const_value(self.nodes[unit.weights])
         depthwise = anchor.op == "DepthwiseConv2dNative"
         channels = weights.shape[2] * weights.shape[3] if depthwise else weights.shape[3]
-        q_weights, w_max = _quantize_weights(weights, self.options.per_channel, depthwise)
-        lo, hi, dtype = self._output_range(unit)
+        q_weights, w_max = _quantize_weights(weights, self.options.per_channel, depthwise,
+                                             pair_safe=self._pair_safe(x) and not depthwise)
+        lo, hi, dtype, out_shift = self._output_range(unit)
         base = f"{unit.output}_int8"
-        inputs = [x.tensor, f"{base}/filter", f"{base}/bias", x.min, x.max, f"{base}/min_filter", f"{base}/max_filter",
+        bias = self._bias(unit, channels) - (out_shift[0] if out_shift else 0.0)  # shifted output codes hold x - low
+        conv_attrs = {k: anchor.attr[k] for k in CONV_ATTRS if k in anchor.attr}
+        x_min, x_max = x.min, x.max
+        if x.shift:  # the kernel reads x - low in [0, high - low]; add back low * (the weights it uses) per channel
+            x_min, x_max = f"{base}/min_input", f"{base}/max_input"
+            self.new_nodes.extend([N.const(x_min, np.float32(0.0)), N.const(x_max, np.float32(x.shift[1] - x.shift[0]))])
+            bias = bias + x.shift[0] * (q_weights.astype(np.float64).reshape(-1, channels) * (w_max / 127.0)).sum(axis=0)
+        inputs = [x.tensor, f"{base}/filter", f"{base}/bias", x_min, x_max, f"{base}/min_filter", f"{base}/max_filter",
                   f"{base}/min_output", f"{base}/max_output"]
         if unit.summand:
-            summand = self._input(unit.summand, for_matmul=False)
+            summand = self._input(unit.summand, None)
             op = N.fused_quantized_conv_with_sum(
                 base, CONV_OP_NAMES[anchor.op],
                 inputs[:3] + [summand.tensor] + inputs[3:7] + [summand.min, summand.max] + inputs[7:],
-                input_dtype=x.dtype, summand_dtype=summand.dtype, output_dtype=dtype, relu=True,
-                conv_attrs={k: anchor.attr[k] for k in CONV_ATTRS if k in anchor.attr})
+                input_dtype=x.dtype, summand_dtype=summand.dtype, output_dtype=dtype, relu=True, conv_attrs=conv_attrs)
         elif self.options.kernels == "public":
             op = N.public_quantized_conv(base, depthwise, bool(unit.activation), inputs, output_dtype=dtype,
-                                         conv_attrs={k: anchor.attr[k] for k in PUBLIC_CONV_ATTRS if k in anchor.attr})
+                                         conv_attrs={k: conv_attrs[k] for k in PUBLIC_CONV_ATTRS if k in conv_attrs})
         else:
             op = N.fused_quantized_conv(
                 base, CONV_OP_NAMES[anchor.op], inputs, input_dtype=x.dtype, output_dtype=dtype,
-                fused_ops=["BiasAdd"] + (["Relu"] if unit.activation else []) + ["Requantize"],
-                conv_attrs={k: anchor.attr[k] for k in CONV_ATTRS if k in anchor.attr})
+                fused_ops=["BiasAdd"] + (["Relu"] if unit.activation else []) + ["Requantize"], conv_attrs=conv_attrs)
         self.new_nodes.extend([
-            N.const(f"{base}/filter", q_weights, tf.qint8), N.const(f"{base}/bias", self._bias(unit, channels)),
+            N.const(f"{base}/filter", q_weights, tf.qint8), N.const(f"{base}/bias", bias.astype(np.float32)),
             N.const(f"{base}/min_filter", -w_max), N.const(f"{base}/max_filter", w_max),
             N.const(f"{base}/min_output", np.float32(lo)), N.const(f"{base}/max_output", np.float32(hi)), op])
-        return QTensor(f"{base}:0", f"{base}:1", f"{base}:2", dtype)
+        return self._shifted_output(base, dtype, out_shift)
 
     def _matmul(self, unit: Unit, to_float: bool = False) -> QTensor | None:
         """``_QuantizedMatMul``; with ``to_float`` (read only by fp32 ops) it dequantizes inside the kernel."""
-        x = self._input(unit.data_input, for_matmul=True)
+        x = self._input(unit.data_input, unit)
         weights = _const_value(self.nodes[unit.weights])
-        q_weights, w_max = _quantize_weights(weights, per_channel=False, depthwise=False)
+        q_weights, w_max = _quantize_weights(weights, per_channel=False, depthwise=False, pair_safe=self._pair_safe(x))
         base = f"{unit.output}_int8"
+        lo, hi, dtype, out_shift = self._output_range(unit)
+        bias = self._bias(unit, weights.shape[1]) - (out_shift[0] if out_shift and not to_float else 0.0)
         self.new_nodes.extend([
-            N.const(f"{base}/weights", q_weights, tf.qint8), N.const(f"{base}/bias", self._bias(unit, weights.shape[1])),
+            N.const(f"{base}/weights", q_weights, tf.qint8), N.const(f"{base}/bias", bias.astype(np.float32)),
             N.const(f"{base}/min_weights", -w_max), N.const(f"{base}/max_weights", w_max)])
         inputs = [x.tensor, f"{base}/weights", f"{base}/bias", x.min, x.max, f"{base}/min_weights", f"{base}/max_weights"]
         if self.options.kernels == "public":
@@ -192,16 +243,15 @@ class _Rewriter:
             self.new_nodes.append(N.quantized_matmul(unit.output, inputs, input_dtype=x.dtype, output_dtype=tf.float32,
                                                      fused_ops=fused + ["Dequantize"], input_mode=x.mode))
             return None
-        lo, hi, dtype = self._output_range(unit)
         self.new_nodes.extend([
             N.const(f"{base}/min_output", np.float32(lo)), N.const(f"{base}/max_output", np.float32(hi)),
             N.quantized_matmul(base, inputs + [f"{base}/min_output", f"{base}/max_output"], input_dtype=x.dtype,
                                output_dtype=dtype, fused_ops=fused + ["Requantize"], input_mode=x.mode)])
-        return QTensor(f"{base}:0", f"{base}:1", f"{base}:2", dtype)
+        return self._shifted_output(base, dtype, out_shift)
 
     def _public_matmul(self, unit, x, base, inputs, to_float):
         """The public MatMul ops always take an output range, even when they dequantize."""
-        lo, hi, dtype = self._output_range(unit)
+        lo, hi, dtype, _ = self._output_range(unit)  # public kernels never shift
         self.new_nodes.extend([N.const(f"{base}/min_output", np.float32(lo)), N.const(f"{base}/max_output", np.float32(hi))])
         inputs = inputs + [f"{base}/min_output", f"{base}/max_output"]
         name = unit.output if to_float else base
@@ -213,7 +263,7 @@ class _Rewriter:
     def _pass_through(self, unit: Unit) -> QTensor:
         """Pools and Reshape keep their input's int8 encoding and range."""
         node = self.nodes[unit.anchor]
-        x = self._input(unit.data_input, for_matmul=False)
+        x = self._input(unit.data_input, unit)
         base = f"{unit.output}_int8"
         if node.op == "Reshape":
             op = N.make_node("QuantizedReshape", base, [x.tensor, node.input[1], x.min, x.max], T=x.dtype,
@@ -235,19 +285,47 @@ _EMITTERS = {"conv": _Rewriter._conv, "matmul": _Rewriter._matmul, "MaxPool": _R
              "AvgPool": _Rewriter._pass_through, "Reshape": _Rewriter._pass_through}
 
 
-def _quantize_weights(weights: np.ndarray, per_channel: bool, depthwise: bool):
-    """Symmetric int8 weights (per output channel or per tensor); returns (q, max) with q * max / 127 ~ weights."""
-    if per_channel:
-        flat = weights.reshape(-1, weights.shape[2] * weights.shape[3]) if depthwise else weights.reshape(-1, weights.shape[-1])
-        w_max = np.abs(flat).max(axis=0)
-    else:
-        flat = weights.reshape(-1, 1)
-        w_max = np.asarray(np.abs(weights).max())
+def _quantize_weights(weights: np.ndarray, per_channel: bool, depthwise: bool, pair_safe: bool = False):
+    """Symmetric int8 weights (per output channel or per tensor); returns (q, max) with q * max / 127 ~ weights.
+
+    ``pair_safe`` scales by the largest same-sign sum of an input-channel pair (2k, 2k+1) instead of the
+    largest magnitude, so |q_2k + q_2k+1| <= 128 and 255 * 128 fits the int16 sum oneDNN forms without VNNI.
+    """
+    channels = weights.shape[2] * weights.shape[3] if depthwise else weights.shape[-1]
+    magnitude = _pair_sums(weights) if pair_safe else np.abs(weights)
+    w_max = magnitude.reshape(-1, channels).max(axis=0) if per_channel else np.asarray(magnitude.max())
     # A dead channel (weights ~1e-33 after batch-norm folding) would get a scale so large that the kernel's
     # int32 bias overflows; a floor relative to the largest channel keeps every scale sane.
     w_max = np.maximum(w_max, max(float(np.max(w_max)) * 1e-3, 1e-8)).astype(np.float32)
+    flat = weights.reshape(-1, channels) if per_channel else weights.reshape(-1, 1)
     q = np.clip(np.round(flat / w_max * 127), -127, 127).astype(np.int8).reshape(weights.shape)
     return q, w_max
+
+
+def _pair_sums(weights: np.ndarray) -> np.ndarray:
+    """For weights [..., in, out]: per pair of input channels (2k, 2k+1), the larger of its positive and negative sums.
+
+    Rounding adds at most 1 to a pair scaled to 127, so the quantized pair stays within 128.
+    """
+    if weights.shape[-2] % 2:
+        weights = np.concatenate([weights, np.zeros_like(weights[..., :1, :])], axis=-2)
+    pairs = weights.reshape(*weights.shape[:-2], weights.shape[-2] // 2, 2, weights.shape[-1])
+    return np.maximum(np.maximum(pairs, 0).sum(axis=-2), np.maximum(-pairs, 0).sum(axis=-2))
+
+
+def _zero_exact(low: float, high: float) -> tuple[float, float]:
+    """[low, high] moved by under half a step so that 0.0 is one of its 256 codes (zero padding stays exact)."""
+    step = max(high - low, MIN_RANGE_WIDTH) / 255.0
+    zero_code = min(max(round(-low / step), 0), 255)
+    return -zero_code * step, (255 - zero_code) * step
+
+
+def _pads(conv, kernel_shape) -> bool:
+    """Whether ``conv`` pads its input with zeros: SAME with a kernel larger than 1x1, or explicit pads."""
+    padding = conv.attr["padding"].s
+    if padding == b"EXPLICIT":
+        return any(conv.attr["explicit_paddings"].list.i)
+    return padding == b"SAME" and tuple(kernel_shape[:2]) != (1, 1)
 
 
 def _const_value(node) -> np.ndarray:

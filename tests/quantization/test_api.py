@@ -7,7 +7,6 @@ import tensorflow as tf
 
 import kquant
 from kquant.errors import CalibrationDataError, OutputWriteError
-from kquant.quantization.cpu import has_vnni
 
 
 def small_cnn(keras_module, seed=0):
@@ -168,8 +167,7 @@ def test_graph_converter_with_callable_and_seed_log(keras3_model, images, tmp_pa
     logged = kquant.GraphConverter(str(fp32_path), str(tmp_path / "logged.pb"), ["image"], None).convert(
         images[:64], min_max_log=str(log), progress=False)
     max_output = next(n for n in logged.graph_def.node if n.name == f"{conv.output}_int8/max_output")
-    widening = 1.0 if has_vnni() else 2.0  # 7-bit unsigned activations on CPUs without VNNI
-    assert max_output.attr["value"].tensor.float_val[0] == pytest.approx(0.5 * widening)
+    assert max_output.attr["value"].tensor.float_val[0] == pytest.approx(0.5)
 
 
 def test_cli_quantize_writes_graph_and_savedmodel(keras3_model, images, tmp_path, capsys):

@@ -1,8 +1,8 @@
 """Numerical edge cases: all-zero, constant, huge (1e6), tiny (1e-8) and negative-only activations.
 
 Stated tolerance: the int8 output is within TOLERANCE of the fp32 one, relative to the largest fp32 output
-magnitude (about 10 steps of the 7-bit unsigned range kquant uses without VNNI), never NaN or Inf; an exactly
-zero fp32 output stays exactly zero. Since kquant sets QuantizeV2's ensure_minimum_range to 0 (TF's default
+magnitude (about 10 steps of an 8-bit range), never NaN or Inf; an exactly zero fp32 output stays exactly
+zero. Since kquant sets QuantizeV2's ensure_minimum_range to 0 (TF's default
 0.01 widens a range of 1e-8 to 0.01 and rounds every value to 0) and puts no floor under requantize ranges,
 int8 error is scale-invariant: inputs times 1e-8 or 1e6 give the same relative error as the inputs themselves.
 """

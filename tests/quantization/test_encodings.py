@@ -1,0 +1,101 @@
+"""How activations and weights are encoded for oneDNN's int8 kernels.
+
+Two rules, both about CPUs without VNNI (this one) but exact everywhere:
+- weights that meet an unsigned input are scaled so that no input-channel pair (2k, 2k+1) can
+  saturate the int16 sum oneDNN forms there;
+- a signed tensor read only by convolutions that do not pad (and MatMuls) is kept as unsigned codes
+  of x - low, and each reader adds low * sum(weights) to its bias: oneDNN would otherwise halve
+  the weights of a convolution with a signed input.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kquant
+from kquant.quantization.rewrite import _quantize_weights, _zero_exact
+
+
+def conv_model(keras, *layers, channels=8, seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((10, 10, channels), name="x"), *layers])
+
+
+def quantize_v2_modes(qmodel):
+    return sorted(n.attr["mode"].s.decode() for n in qmodel.graph_def.node if n.op == "QuantizeV2")
+
+
+def conv_inputs(qmodel):
+    return [n.attr["Tinput"].type for n in qmodel.graph_def.node if n.op.startswith("_FusedQuantized")]
+
+
+def test_an_input_channel_pair_at_full_scale_does_not_saturate():
+    import keras
+
+    weights = np.zeros((1, 1, 8, 1), np.float32)
+    weights[0, 0, :2, 0] = 1.0  # channels 0 and 1 form one pair: 255 * 127 * 2 overflows int16
+    model = conv_model(keras, keras.layers.Conv2D(1, 1, activation="relu"))
+    model.layers[0].set_weights([weights, np.zeros(1, np.float32)])
+    x = np.ones((4, 10, 10, 8), np.float32)
+    qmodel = kquant.quantize(model, x, progress=False)
+    np.testing.assert_allclose(qmodel.predict(x), 2.0, rtol=0.01)  # saturated, it came out as 1.01
+
+
+def test_pair_safe_scale_bounds_every_same_sign_pair_and_costs_nothing_without_pairs():
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(3, 3, 7, 5)).astype(np.float32)  # odd channel count: the last pair is padded
+    q, _ = _quantize_weights(weights, per_channel=True, depthwise=False, pair_safe=True)
+    padded = np.concatenate([q.astype(np.int32), np.zeros((3, 3, 1, 5), np.int32)], axis=2).reshape(3, 3, 4, 2, 5)
+    assert np.maximum(padded, 0).sum(axis=3).max() <= 128 and np.maximum(-padded, 0).sum(axis=3).max() <= 128
+    single = weights[:, :, :1]
+    assert np.array_equal(_quantize_weights(single, True, False, pair_safe=True)[0],
+                          _quantize_weights(single, True, False)[0])
+
+
+@pytest.mark.parametrize("low,high", [(-1.0, 1.0), (-0.3, 5.7), (-7.16, 10.8), (-1e-6, 3e-6)])
+def test_shifted_range_holds_zero_exactly(low, high):
+    new_low, new_high = _zero_exact(low, high)
+    step = (new_high - new_low) / 255
+    assert new_low <= 0 <= new_high and abs(-new_low / step - round(-new_low / step)) < 1e-6
+    assert new_high - new_low == pytest.approx(high - low) and abs(new_low - low) <= step / 2 + 1e-12
+
+
+def test_signed_input_of_an_unpadded_conv_is_read_unsigned_and_stays_exact():
+    import keras
+
+    model = conv_model(keras, keras.layers.Conv2D(6, 3, padding="valid"), keras.layers.Conv2D(4, 1))
+    x = np.random.default_rng(0).normal(0.3, 1.0, (64, 10, 10, 8)).astype(np.float32)  # signed input
+    qmodel = kquant.quantize(model, x[:32], progress=False)
+    assert quantize_v2_modes(qmodel) == ["MIN_FIRST"]
+    assert conv_inputs(qmodel) == [tf.quint8.as_datatype_enum] * 2  # the signed conv output is shifted too
+    ref = model.predict(x[32:], verbose=0)
+    assert np.sqrt(np.mean((qmodel.predict(x[32:]) - ref) ** 2)) < 0.01 * np.abs(ref).max()
+
+
+def test_a_padding_conv_keeps_its_input_signed_and_a_1x1_reader_of_the_same_tensor_gets_it_shifted():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x_in = keras.Input((10, 10, 8), name="x")
+    a = keras.layers.Conv2D(4, 3, padding="same")(x_in)
+    b = keras.layers.Conv2D(4, 1)(x_in)
+    model = keras.Model(x_in, keras.layers.Concatenate()([a, b]))
+    x = np.random.default_rng(1).normal(size=(48, 10, 10, 8)).astype(np.float32)
+    qmodel = kquant.quantize(model, x[:32], progress=False)
+    assert quantize_v2_modes(qmodel) == ["MIN_FIRST", "SCALED"]
+    assert sorted(conv_inputs(qmodel)) == sorted([tf.quint8.as_datatype_enum, tf.qint8.as_datatype_enum])
+    ref = model.predict(x[32:], verbose=0)
+    assert np.sqrt(np.mean((qmodel.predict(x[32:]) - ref) ** 2)) < 0.01 * np.abs(ref).max()
+
+
+def test_a_shifted_depthwise_output_feeds_its_pointwise_conv_and_dequantizes_right():
+    import keras
+
+    model = conv_model(keras, keras.layers.SeparableConv2D(6, 3, padding="same"))  # depthwise -> 1x1 conv
+    x = np.random.default_rng(2).random((48, 10, 10, 8), dtype=np.float32)
+    qmodel = kquant.quantize(model, x[:32], progress=False)
+    kinds = {n.op: n for n in qmodel.graph_def.node}
+    assert kinds["_FusedQuantizedDepthwiseConv2D"].attr["out_type"].type == tf.quint8.as_datatype_enum
+    assert kinds["_FusedQuantizedConv2D"].attr["Tinput"].type == tf.quint8.as_datatype_enum
+    ref = model.predict(x[32:], verbose=0)
+    assert np.sqrt(np.mean((qmodel.predict(x[32:]) - ref) ** 2)) < 0.01 * np.abs(ref).max()
