@@ -67,6 +67,7 @@ class _Rewriter:
         self.quantized: dict[str, QTensor] = {}  # int8 op outputs
         self.entries: dict[tuple, QTensor] = {}   # (fp32 tensor, shift) -> its QuantizeV2
         self.new_nodes = []
+        self.scopes = 0
 
     def run(self, units, outputs):
         order = {node.name: i for i, node in enumerate(topological_order(self.graph_def, self.nodes))}
@@ -179,12 +180,17 @@ class _Rewriter:
         bound = max(-lo, hi, MIN_RANGE_WIDTH)  # no larger floor: a range of 1e-8 keeps its 8 bits
         return -bound, bound, tf.qint8, None
 
-    def _shifted_output(self, base: str, dtype, shift) -> QTensor:
-        """The QTensor of an op's output; a shifted one gets constants holding its float range for its readers."""
+    def _shifted_output(self, base: str, scope: str, dtype, shift) -> QTensor:
+        """The QTensor of op ``base``'s output; a shifted one gets constants holding its float range for its readers."""
         if shift is None:
             return QTensor(f"{base}:0", f"{base}:1", f"{base}:2", dtype)
-        self.new_nodes.extend([N.const(f"{base}/low", np.float32(shift[0])), N.const(f"{base}/high", np.float32(shift[1]))])
-        return QTensor(f"{base}:0", f"{base}/low", f"{base}/high", dtype, "MIN_FIRST", shift)
+        self.new_nodes.extend([N.const(f"{scope}/low", np.float32(shift[0])), N.const(f"{scope}/high", np.float32(shift[1]))])
+        return QTensor(f"{base}:0", f"{scope}/low", f"{scope}/high", dtype, "MIN_FIRST", shift)
+
+    def _const_scope(self) -> str:
+        """A short, unique name scope for one op's constants (long node names made a third of fer's int8 file)."""
+        self.scopes += 1
+        return f"kquant/{self.scopes}"
 
     def _conv(self, unit: Unit) -> QTensor:
         anchor = self.nodes[unit.anchor]
@@ -195,18 +201,19 @@ class _Rewriter:
         q_weights, w_max = _quantize_weights(weights, self.options.per_channel, depthwise,
                                              pair_safe=self._pair_safe(x) and not depthwise)
         lo, hi, dtype, out_shift = self._output_range(unit)
-        base = f"{unit.output}_int8"
+        base, k = f"{unit.output}_int8", self._const_scope()
         bias = self._bias(unit, channels) - (out_shift[0] if out_shift else 0.0)  # shifted output codes hold x - low
         conv_attrs = {k: anchor.attr[k] for k in CONV_ATTRS if k in anchor.attr}
         if _strided_1x1(anchor, weights.shape):
             x = self._subsampled(x, base, conv_attrs)
         x_min, x_max = x.min, x.max
         if x.shift:  # the kernel reads x - low in [0, high - low]; add back low * (the weights it uses) per channel
-            x_min, x_max = f"{base}/min_input", f"{base}/max_input"
+            x_min, x_max = f"{k}/min_input", f"{k}/max_input"
             self.new_nodes.extend([N.const(x_min, np.float32(0.0)), N.const(x_max, np.float32(x.shift[1] - x.shift[0]))])
             bias = bias + x.shift[0] * (q_weights.astype(np.float64).reshape(-1, channels) * (w_max / 127.0)).sum(axis=0)
-        inputs = [x.tensor, f"{base}/filter", f"{base}/bias", x_min, x_max, f"{base}/min_filter", f"{base}/max_filter",
-                  f"{base}/min_output", f"{base}/max_output"]
+        # one range constant serves as min and max: the kernels scale by max(|min|, |max|) per channel
+        inputs = [x.tensor, f"{k}/filter", f"{k}/bias", x_min, x_max, f"{k}/filter_range", f"{k}/filter_range",
+                  f"{k}/min_output", f"{k}/max_output"]
         if unit.summand:
             summand = self._input(unit.summand, None)
             op = N.fused_quantized_conv_with_sum(
@@ -221,10 +228,10 @@ class _Rewriter:
                 base, CONV_OP_NAMES[anchor.op], inputs, input_dtype=x.dtype, output_dtype=dtype,
                 fused_ops=["BiasAdd"] + (["Relu"] if unit.activation else []) + ["Requantize"], conv_attrs=conv_attrs)
         self.new_nodes.extend([
-            N.const(f"{base}/filter", q_weights, tf.qint8), N.const(f"{base}/bias", bias.astype(np.float32)),
-            N.const(f"{base}/min_filter", -w_max), N.const(f"{base}/max_filter", w_max),
-            N.const(f"{base}/min_output", np.float32(lo)), N.const(f"{base}/max_output", np.float32(hi)), op])
-        return self._shifted_output(base, dtype, out_shift)
+            N.const(f"{k}/filter", q_weights, tf.qint8), N.const(f"{k}/bias", bias.astype(np.float32)),
+            N.const(f"{k}/filter_range", w_max),
+            N.const(f"{k}/min_output", np.float32(lo)), N.const(f"{k}/max_output", np.float32(hi)), op])
+        return self._shifted_output(base, k, dtype, out_shift)
 
     def _subsampled(self, x: QTensor, base: str, conv_attrs: dict) -> QTensor:
         """A strided 1x1 conv as a 1x1 QuantizedMaxPool with its strides, then a conv with stride 1.
@@ -244,31 +251,30 @@ class _Rewriter:
         x = self._input(unit.data_input, unit)
         weights = _const_value(self.nodes[unit.weights])
         q_weights, w_max = _quantize_weights(weights, per_channel=False, depthwise=False, pair_safe=self._pair_safe(x))
-        base = f"{unit.output}_int8"
+        base, k = f"{unit.output}_int8", self._const_scope()
         lo, hi, dtype, out_shift = self._output_range(unit)
         bias = self._bias(unit, weights.shape[1]) - (out_shift[0] if out_shift and not to_float else 0.0)
-        self.new_nodes.extend([
-            N.const(f"{base}/weights", q_weights, tf.qint8), N.const(f"{base}/bias", bias.astype(np.float32)),
-            N.const(f"{base}/min_weights", -w_max), N.const(f"{base}/max_weights", w_max)])
-        inputs = [x.tensor, f"{base}/weights", f"{base}/bias", x.min, x.max, f"{base}/min_weights", f"{base}/max_weights"]
+        self.new_nodes.extend([N.const(f"{k}/weights", q_weights, tf.qint8), N.const(f"{k}/bias", bias.astype(np.float32)),
+                               N.const(f"{k}/weights_range", w_max)])
+        inputs = [x.tensor, f"{k}/weights", f"{k}/bias", x.min, x.max, f"{k}/weights_range", f"{k}/weights_range"]
         if self.options.kernels == "public":
-            return self._public_matmul(unit, x, base, inputs, to_float)
+            return self._public_matmul(unit, x, base, k, inputs, to_float)
         fused = ["BiasAdd"] + (["Relu"] if unit.activation else [])
         if to_float:
             self.new_nodes.append(N.quantized_matmul(unit.output, inputs, input_dtype=x.dtype, output_dtype=tf.float32,
                                                      fused_ops=fused + ["Dequantize"], input_mode=x.mode))
             return None
         self.new_nodes.extend([
-            N.const(f"{base}/min_output", np.float32(lo)), N.const(f"{base}/max_output", np.float32(hi)),
-            N.quantized_matmul(base, inputs + [f"{base}/min_output", f"{base}/max_output"], input_dtype=x.dtype,
+            N.const(f"{k}/min_output", np.float32(lo)), N.const(f"{k}/max_output", np.float32(hi)),
+            N.quantized_matmul(base, inputs + [f"{k}/min_output", f"{k}/max_output"], input_dtype=x.dtype,
                                output_dtype=dtype, fused_ops=fused + ["Requantize"], input_mode=x.mode)])
-        return self._shifted_output(base, dtype, out_shift)
+        return self._shifted_output(base, k, dtype, out_shift)
 
-    def _public_matmul(self, unit, x, base, inputs, to_float):
+    def _public_matmul(self, unit, x, base, scope, inputs, to_float):
         """The public MatMul ops always take an output range, even when they dequantize."""
         lo, hi, dtype, _ = self._output_range(unit)  # public kernels never shift
-        self.new_nodes.extend([N.const(f"{base}/min_output", np.float32(lo)), N.const(f"{base}/max_output", np.float32(hi))])
-        inputs = inputs + [f"{base}/min_output", f"{base}/max_output"]
+        self.new_nodes.extend([N.const(f"{scope}/min_output", np.float32(lo)), N.const(f"{scope}/max_output", np.float32(hi))])
+        inputs = inputs + [f"{scope}/min_output", f"{scope}/max_output"]
         name = unit.output if to_float else base
         self.new_nodes.append(N.public_quantized_matmul(name, inputs, input_dtype=x.dtype,
                                                         output_dtype=tf.float32 if to_float else dtype,

@@ -166,7 +166,8 @@ def test_graph_converter_with_callable_and_seed_log(keras3_model, images, tmp_pa
     log.write_text(f";{conv.anchor}_eightbit_requant_range__print__;__requant_min_max:[0][0.5]\n")
     logged = kquant.GraphConverter(str(fp32_path), str(tmp_path / "logged.pb"), ["image"], None).convert(
         images[:64], min_max_log=str(log), progress=False)
-    max_output = next(n for n in logged.graph_def.node if n.name == f"{conv.output}_int8/max_output")
+    nodes = {n.name: n for n in logged.graph_def.node}
+    max_output = nodes[nodes[f"{conv.output}_int8"].input[8]]  # inputs: x, filter, bias, 4 ranges, min/max output
     assert max_output.attr["value"].tensor.float_val[0] == pytest.approx(0.5)
 
 
