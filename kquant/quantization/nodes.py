@@ -51,15 +51,29 @@ def make_node(op: str, name: str, inputs=(), **attrs) -> node_def_pb2.NodeDef:
 def quantize_v2(name: str, tensor: str, min_name: str, max_name: str, dtype: tf.DType, mode: str) -> node_def_pb2.NodeDef:
     """fp32 -> int8 with a frozen range; outputs (q, min, max).
 
+    The attributes keep TensorFlow's portable kernel: with oneDNN on, TF swaps in _MklQuantizeV2 for
+    SCALED + HALF_TO_EVEN and MIN_FIRST + HALF_AWAY_FROM_ZERO without narrow_range, and that kernel costs
+    about 200 us per call here whatever the tensor size (the portable one 6-14 us on small tensors,
+    no slower on large ones); its qint8 codes were also one off the exact rounding for 30 % of values.
+    The portable kernel's codes are the exact rounding: quint8 SCALED with HALF_AWAY_FROM_ZERO (same
+    codes as oneDNN's), qint8 SCALED narrow to [-127, 127] (the range the int8 kernels read), and
+    MIN_FIRST on ranges where 0.0 is a code (the rewrite's shifted ranges).
+
     ``ensure_minimum_range`` is 0, not TF's 0.01: calibrated ranges already have a non-zero width,
     and widening a range of 1e-8 to 0.01 would round every value to 0.
     """
-    round_mode = "HALF_TO_EVEN" if mode == "SCALED" else "HALF_AWAY_FROM_ZERO"  # the only pairs the kernel accepts
-    return make_node("QuantizeV2", name, [tensor, min_name, max_name], T=dtype, mode=mode, round_mode=round_mode,
-                     ensure_minimum_range=0.0)
+    portable = {"round_mode": "HALF_AWAY_FROM_ZERO"} if (mode, dtype) == ("SCALED", tf.quint8) else {"narrow_range": True}
+    if mode == "MIN_FIRST":
+        portable["round_mode"] = "HALF_AWAY_FROM_ZERO"  # the only rounding MIN_FIRST takes
+    return make_node("QuantizeV2", name, [tensor, min_name, max_name], T=dtype, mode=mode, ensure_minimum_range=0.0,
+                     **{"round_mode": "HALF_TO_EVEN", **portable})
 
 
 def dequantize(name: str, tensor: str, min_tensor: str, max_tensor: str, dtype: tf.DType, mode: str) -> node_def_pb2.NodeDef:
+    """int8 -> fp32. quint8 SCALED [0, M] is dequantized as MIN_FIRST, the same values, because TF runs
+    MIN_FIRST with its portable kernel (2-9 us a call here) and SCALED with oneDNN's (120-200 us)."""
+    if (mode, dtype) == ("SCALED", tf.quint8):
+        mode = "MIN_FIRST"
     return make_node("Dequantize", name, [tensor, min_tensor, max_tensor], T=dtype, mode=mode, dtype=tf.float32)
 
 

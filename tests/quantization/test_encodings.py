@@ -114,3 +114,29 @@ def test_a_strided_1x1_conv_runs_as_a_subsampling_pool_and_repeats_exactly():
     assert np.array_equal(first, second)  # oneDNN's strided int8 1x1 kernel did not, on 60x60x8 inputs
     ref = model.predict(x, verbose=0)
     assert np.sqrt(np.mean((first - ref) ** 2)) < 0.01 * np.abs(ref).max()
+
+
+def test_borders_run_tensorflows_portable_quantize_kernels_with_exact_rounding():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x_in = keras.Input((10, 10, 8), name="x")
+    a = keras.layers.Conv2D(4, 3, padding="same")(x_in)             # signed input, pads: qint8 QuantizeV2
+    b = keras.layers.Conv2D(4, 1, activation="relu")(x_in)          # shifted input: MIN_FIRST QuantizeV2
+    model = keras.Model(x_in, [a, b])                               # a shifted and a quint8 output
+    x = np.random.default_rng(4).normal(size=(16, 10, 10, 8)).astype(np.float32)
+    qmodel = kquant.quantize(model, x, progress=False)
+    signed = next(n for n in qmodel.graph_def.node if n.op == "QuantizeV2" and n.attr["T"].type == tf.qint8.as_datatype_enum)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(qmodel.graph_def, name="")
+    options = tf.compat.v1.RunOptions(output_partition_graphs=True)
+    metadata = tf.compat.v1.RunMetadata()
+    with tf.compat.v1.Session(graph=graph) as session:
+        codes, bound, *_ = session.run([f"{signed.name}:0", f"{signed.name}:2", *qmodel.graph.output_names], {"x:0": x},
+                                       options=options, run_metadata=metadata)
+    ran = {node.op for partition in metadata.partition_graphs for node in partition.node}
+    assert "QuantizeV2" in ran and "Dequantize" in ran
+    assert not ran & {"_MklQuantizeV2", "_MklDequantize"}  # about 200 us a call here, whatever the size
+    exact = np.clip(np.round(x.astype(np.float64) * 127 / bound), -127, 127)
+    assert np.array_equal(codes.astype(np.int64), exact)  # oneDNN's QuantizeV2 was one off for 30 % of values
