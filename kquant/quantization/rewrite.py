@@ -203,9 +203,9 @@ class _Rewriter:
         lo, hi, dtype, out_shift = self._output_range(unit)
         base, k = f"{unit.output}_int8", self._const_scope()
         bias = self._bias(unit, channels) - (out_shift[0] if out_shift else 0.0)  # shifted output codes hold x - low
-        conv_attrs = {k: anchor.attr[k] for k in CONV_ATTRS if k in anchor.attr}
+        conv_attrs = {key: anchor.attr[key] for key in CONV_ATTRS if key in anchor.attr}
         if _strided_1x1(anchor, weights.shape):
-            x = self._subsampled(x, base, conv_attrs)
+            q_weights = _as_strided_kernel(q_weights, conv_attrs)
         x_min, x_max = x.min, x.max
         if x.shift:  # the kernel reads x - low in [0, high - low]; add back low * (the weights it uses) per channel
             x_min, x_max = f"{k}/min_input", f"{k}/max_input"
@@ -232,19 +232,6 @@ class _Rewriter:
             N.const(f"{k}/filter_range", w_max),
             N.const(f"{k}/min_output", np.float32(lo)), N.const(f"{k}/max_output", np.float32(hi)), op])
         return self._shifted_output(base, k, dtype, out_shift)
-
-    def _subsampled(self, x: QTensor, base: str, conv_attrs: dict) -> QTensor:
-        """A strided 1x1 conv as a 1x1 QuantizedMaxPool with its strides, then a conv with stride 1.
-
-        oneDNN's strided int8 1x1 kernel (jit_uni_int8_1x1, which copies the strided input to a
-        scratchpad) gave different results on repeated runs of one batch here (fer's residual branch,
-        up to 116 codes off in the second half of a batch of 100); the unstrided kernel is stable.
-        """
-        strides = list(conv_attrs["strides"].list.i)
-        self.new_nodes.append(N.make_node("QuantizedMaxPool", f"{base}/subsample", [x.tensor, x.min, x.max], T=x.dtype,
-                                          ksize=[1, 1, 1, 1], strides=strides, padding="VALID"))
-        conv_attrs["strides"] = N.attr_value([1, 1, 1, 1])
-        return dataclasses.replace(x, tensor=f"{base}/subsample:0")
 
     def _matmul(self, unit: Unit, to_float: bool = False) -> QTensor | None:
         """``_QuantizedMatMul``; with ``to_float`` (read only by fp32 ops) it dequantizes inside the kernel."""
@@ -353,6 +340,23 @@ def _strided_1x1(conv, kernel_shape) -> bool:
     strides = list(conv.attr["strides"].list.i)
     return (tuple(kernel_shape[:2]) == (1, 1) and conv.attr["padding"].s in (b"SAME", b"VALID")
             and conv.attr["data_format"].s in (b"", b"NHWC") and strides[1:3] != [1, 1])
+
+
+def _as_strided_kernel(q_weights: np.ndarray, conv_attrs: dict) -> np.ndarray:
+    """A strided 1x1 conv as an s x s conv with the weights in its first tap, padded by s - 1 at the end.
+
+    oneDNN's strided int8 1x1 kernel (jit_uni_int8_1x1, which first copies the strided input to a
+    scratchpad) gave different results on repeated runs of one batch here (fer's first residual
+    branch, 60x60x8 input: up to 116 codes off in the second half of a batch of 100); the general int8
+    conv kernel is stable. The output size is ceil(size / s), as SAME or VALID give for 1x1, and the
+    padded values meet only zero weights.
+    """
+    strides = list(conv_attrs["strides"].list.i)
+    kernel = np.zeros((strides[1], strides[2], *q_weights.shape[2:]), q_weights.dtype)
+    kernel[0, 0] = q_weights[0, 0]
+    conv_attrs["padding"] = N.attr_value("EXPLICIT")
+    conv_attrs["explicit_paddings"] = N.attr_value([0, 0, 0, strides[1] - 1, 0, strides[2] - 1, 0, 0])
+    return kernel
 
 
 def _const_value(node) -> np.ndarray:

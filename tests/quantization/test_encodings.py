@@ -101,19 +101,23 @@ def test_a_shifted_depthwise_output_feeds_its_pointwise_conv_and_dequantizes_rig
     assert np.sqrt(np.mean((qmodel.predict(x[32:]) - ref) ** 2)) < 0.01 * np.abs(ref).max()
 
 
-def test_a_strided_1x1_conv_runs_as_a_subsampling_pool_and_repeats_exactly():
+def test_a_strided_1x1_conv_runs_as_a_padded_strided_kernel_and_repeats_exactly():
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((60, 60, 8), name="x"), keras.layers.ReLU(), keras.layers.Conv2D(32, 1, strides=2)])
-    x = np.random.default_rng(3).random((100, 60, 60, 8), dtype=np.float32)
+    model = keras.Sequential([keras.Input((61, 61, 8), name="x"), keras.layers.ReLU(),  # odd size: ceil(61 / 2) = 31
+                              keras.layers.Conv2D(32, 1, strides=2, padding="same")])
+    x = np.random.default_rng(3).random((100, 61, 61, 8), dtype=np.float32)
     qmodel = kquant.quantize(model, x[:32], progress=False)
-    pool = next(n for n in qmodel.graph_def.node if n.op == "QuantizedMaxPool")
-    assert list(pool.attr["ksize"].list.i) == [1, 1, 1, 1] and list(pool.attr["strides"].list.i) == [1, 2, 2, 1]
+    conv = next(n for n in qmodel.graph_def.node if n.op == "_FusedQuantizedConv2D")
+    nodes = {n.name: n for n in qmodel.graph_def.node}
+    kernel = tf.make_ndarray(nodes[conv.input[1]].attr["value"].tensor)
+    assert kernel.shape[:2] == (2, 2) and not kernel[1:].any() and not kernel[:, 1:].any()
+    assert conv.attr["padding"].s == b"EXPLICIT" and list(conv.attr["explicit_paddings"].list.i) == [0, 0, 0, 1, 0, 1, 0, 0]
     first, second = qmodel.predict(x), qmodel.predict(x)
     assert np.array_equal(first, second)  # oneDNN's strided int8 1x1 kernel did not, on 60x60x8 inputs
     ref = model.predict(x, verbose=0)
-    assert np.sqrt(np.mean((first - ref) ** 2)) < 0.01 * np.abs(ref).max()
+    assert first.shape == ref.shape and np.sqrt(np.mean((first - ref) ** 2)) < 0.01 * np.abs(ref).max()
 
 
 def test_borders_run_tensorflows_portable_quantize_kernels_with_exact_rounding():
