@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import copy
 
+import kquant  # first: it turns oneDNN on before TensorFlow loads
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import tensor_util
 
-import kquant
 from kquant import datasets
 from kquant.quantization import pipeline
 from kquant.quantization.rewrite import _quantize_weights
