@@ -204,8 +204,8 @@ class _Rewriter:
         base, k = f"{unit.output}_int8", self._const_scope()
         bias = self._bias(unit, channels) - (out_shift[0] if out_shift else 0.0)  # shifted output codes hold x - low
         conv_attrs = {key: anchor.attr[key] for key in CONV_ATTRS if key in anchor.attr}
-        if _strided_1x1(anchor, weights.shape):
-            q_weights = _as_strided_kernel(q_weights, conv_attrs)
+        filter_nodes = ([N.const(f"{k}/filter", q_weights, tf.qint8)] if not _strided_1x1(anchor, weights.shape)
+                        else _strided_filter(k, q_weights, conv_attrs))
         x_min, x_max = x.min, x.max
         if x.shift:  # the kernel reads x - low in [0, high - low]; add back low * (the weights it uses) per channel
             x_min, x_max = f"{k}/min_input", f"{k}/max_input"
@@ -228,7 +228,7 @@ class _Rewriter:
                 base, CONV_OP_NAMES[anchor.op], inputs, input_dtype=x.dtype, output_dtype=dtype,
                 fused_ops=["BiasAdd"] + (["Relu"] if unit.activation else []) + ["Requantize"], conv_attrs=conv_attrs)
         self.new_nodes.extend([
-            N.const(f"{k}/filter", q_weights, tf.qint8), N.const(f"{k}/bias", bias.astype(np.float32)),
+            *filter_nodes, N.const(f"{k}/bias", bias.astype(np.float32)),
             N.const(f"{k}/filter_range", w_max),
             N.const(f"{k}/min_output", np.float32(lo)), N.const(f"{k}/max_output", np.float32(hi)), op])
         return self._shifted_output(base, k, dtype, out_shift)
@@ -342,21 +342,23 @@ def _strided_1x1(conv, kernel_shape) -> bool:
             and conv.attr["data_format"].s in (b"", b"NHWC") and strides[1:3] != [1, 1])
 
 
-def _as_strided_kernel(q_weights: np.ndarray, conv_attrs: dict) -> np.ndarray:
-    """A strided 1x1 conv as an s x s conv with the weights in its first tap, padded by s - 1 at the end.
+def _strided_filter(scope: str, q_weights: np.ndarray, conv_attrs: dict) -> list:
+    """A strided 1x1 conv's filter as an s x s kernel with the weights in its first tap; the conv is padded by
+    s - 1 at the end (``conv_attrs`` is updated), so its output size stays ceil(size / s) and the padded
+    values meet only zero weights. The file keeps the 1x1 weights: the Pad is folded when the graph loads.
 
     oneDNN's strided int8 1x1 kernel (jit_uni_int8_1x1, which first copies the strided input to a
     scratchpad) gave different results on repeated runs of one batch here (fer's first residual
     branch, 60x60x8 input: up to 116 codes off in the second half of a batch of 100); the general int8
-    conv kernel is stable. The output size is ceil(size / s), as SAME or VALID give for 1x1, and the
-    padded values meet only zero weights.
+    conv kernel is stable.
     """
     strides = list(conv_attrs["strides"].list.i)
-    kernel = np.zeros((strides[1], strides[2], *q_weights.shape[2:]), q_weights.dtype)
-    kernel[0, 0] = q_weights[0, 0]
     conv_attrs["padding"] = N.attr_value("EXPLICIT")
     conv_attrs["explicit_paddings"] = N.attr_value([0, 0, 0, strides[1] - 1, 0, strides[2] - 1, 0, 0])
-    return kernel
+    pads = np.array([[0, strides[1] - 1], [0, strides[2] - 1], [0, 0], [0, 0]], np.int32)
+    return [N.const(f"{scope}/filter_1x1", q_weights, tf.qint8), N.const(f"{scope}/filter_pads", pads),
+            N.make_node("Pad", f"{scope}/filter", [f"{scope}/filter_1x1", f"{scope}/filter_pads"], T=tf.qint8,
+                        Tpaddings=tf.int32)]
 
 
 def _const_value(node) -> np.ndarray:
