@@ -3,7 +3,8 @@
 Sensitivity of a unit = how far the model's outputs move (mean squared error against fp32, on the
 first calibration batch) when only that unit runs in int8. The loop first tries the other
 calibration algorithms when the data can be read again, then falls units back one at a time,
-most sensitive first, and always returns the best model found with the trial log.
+most sensitive first, keeping a fallback only when the score does not get worse, and always
+returns the best model found with the trial log.
 """
 
 from __future__ import annotations
@@ -87,13 +88,15 @@ def tune(baseline, eval_fn, attempt, ranked, *, calibrations, max_accuracy_drop,
         if run_trial(f"recalibrate with {calibration}", calibration, ()):
             return best[1], best[2], best[3], trials
     calibration = best[2]
-    fell_back = []
+    fell_back, score = [], max(t.score for t in trials if t.calibration == calibration)
     for unit in ranked:
         if len(trials) >= max_trials:
             break
-        fell_back.append(unit.anchor)
-        if run_trial(f"keep {unit.anchor[-50:]} out of int8", calibration, fell_back):
+        candidate = [*fell_back, unit.anchor]
+        if run_trial(f"keep {unit.anchor[-50:]} out of int8", calibration, candidate):
             break
+        if trials[-1].score >= score:  # a fallback that lowers the score is undone
+            fell_back, score = candidate, trials[-1].score
     if not best[0][0]:
         worst = min(t.drop for t in trials)
         warnings.warn(f"no trial met max_accuracy_drop={max_accuracy_drop}; returning the best found "

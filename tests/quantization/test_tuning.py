@@ -98,3 +98,17 @@ def test_cli_report_writes_a_page(outlier_model, tmp_path):
     assert main(["quantize", str(tmp_path / "m.keras"), "--calib", str(tmp_path / "calib.npy"), "-o",
                  str(tmp_path / "q.pb"), "--report", str(page), "--no-progress"]) == 0
     assert "<img" in page.read_text()
+
+
+def test_a_fallback_that_lowers_the_score_is_undone(monkeypatch):
+    """The search on scripted scores: falling back "a" hurts, so "b" is tried without it and "b + c" meets."""
+    from kquant.quantization import tuning
+
+    scores = {(): 0.90, ("a",): 0.85, ("b",): 0.93, ("b", "c"): 0.995, ("a", "b", "c"): 0.97}
+    monkeypatch.setattr(tuning, "Predictor", lambda graph: type("P", (), {"close": lambda self: None, "key": graph})())
+    units = [type("U", (), {"anchor": name})() for name in "abc"]
+    graph, _, fell_back, trials = tuning.tune(
+        1.0, lambda predictor: scores[predictor.key], lambda calibration, kept: tuple(kept), units,
+        calibrations=["minmax"], max_accuracy_drop=0.01, relative=True, max_trials=10)
+    assert [t.fell_back for t in trials] == [(), ("a",), ("b",), ("b", "c")]
+    assert fell_back == ("b", "c") and graph == ("b", "c")
