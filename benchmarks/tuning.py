@@ -1,6 +1,8 @@
 """Accuracy-aware quantization on real data: trials, time and result for `fer` and the Adult Wide & Deep.
 
-    python benchmarks/tuning.py [--max-accuracy-drop 0.005]
+    python benchmarks/tuning.py [--max-accuracy-drop 0.005] [--fallback fp32|bf16] [--models fer,wide_deep]
+
+For each tuned model it also prints the batch-32 latency of the result (median of 50 calls).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import kquant
 from kquant import datasets
 
 
-def tune_fer(max_drop):
+def tune_fer(max_drop, fallback):
     import keras
 
     faces = datasets.lfw_faces()
@@ -27,11 +29,13 @@ def tune_fer(max_drop):
         return float(np.mean(predict(faces[100:]).argmax(1) == reference))
 
     start = time.perf_counter()
-    qmodel = kquant.quantize(path, faces[:100], eval_fn=agreement, max_accuracy_drop=max_drop, progress=False)
-    report("fer (agreement with fp32 on 100 unseen faces)", qmodel, time.perf_counter() - start, 1.0, agreement(qmodel.predict))
+    qmodel = kquant.quantize(path, faces[:100], eval_fn=agreement, max_accuracy_drop=max_drop, fallback=fallback,
+                             progress=False)
+    report("fer (agreement with fp32 on 100 unseen faces)", qmodel, time.perf_counter() - start, 1.0,
+           agreement(qmodel.predict), [faces[:32]])
 
 
-def tune_wide_deep(max_drop):
+def tune_wide_deep(max_drop, fallback):
     spec = importlib.util.spec_from_file_location("wide_deep", Path(__file__).parent.parent / "examples/keras/wide_deep_adult.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
@@ -43,14 +47,23 @@ def tune_wide_deep(max_drop):
     fp32 = float(np.mean((model.predict(xt, verbose=0)[:, 0] > 0.5) == yt))
     start = time.perf_counter()
     qmodel = kquant.quantize(model, {k: v[:2000] for k, v in x.items()}, eval_fn=accuracy, max_accuracy_drop=max_drop,
-                             progress=False)
-    report("Adult Wide & Deep (accuracy)", qmodel, time.perf_counter() - start, fp32, accuracy(qmodel.predict))
+                             fallback=fallback, progress=False)
+    report("Adult Wide & Deep (accuracy)", qmodel, time.perf_counter() - start, fp32, accuracy(qmodel.predict),
+           [xt[name.split(":")[0]][:32] for name in qmodel.graph.input_names])
 
 
-def report(name, qmodel, seconds, fp32, int8):
+def report(name, qmodel, seconds, fp32, int8, batch):
     kept = len(qmodel.result.fell_back)
+    with kquant.GraphRunner(qmodel.graph_def, qmodel.graph.input_names, qmodel.graph.output_names) as run:
+        for _ in range(5):
+            run(*batch)
+        times = []
+        for _ in range(50):
+            start = time.perf_counter()
+            run(*batch)
+            times.append(time.perf_counter() - start)
     print(f"{name}: {len(qmodel.trials)} trials in {seconds:.1f} s; fp32 {fp32:.4f}, int8 {int8:.4f}; "
-          f"{kept} op(s) kept out of int8")
+          f"{kept} op(s) kept out of int8 ({qmodel.result.fallback}); batch-32 latency {1000 * np.median(times):.2f} ms")
     for trial in qmodel.trials:
         print(f"  {trial}")
 
@@ -58,9 +71,11 @@ def report(name, qmodel, seconds, fp32, int8):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-accuracy-drop", type=float, default=0.005)
+    parser.add_argument("--fallback", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--models", default="fer,wide_deep")
     args = parser.parse_args(argv)
-    tune_fer(args.max_accuracy_drop)
-    tune_wide_deep(args.max_accuracy_drop)
+    for model in args.models.split(","):
+        {"fer": tune_fer, "wide_deep": tune_wide_deep}[model](args.max_accuracy_drop, args.fallback)
 
 
 if __name__ == "__main__":
