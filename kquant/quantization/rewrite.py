@@ -281,7 +281,7 @@ class _Rewriter:
             for key in ("ksize", "strides", "padding"):
                 op.attr[key].CopyFrom(node.attr[key])
         self.new_nodes.append(op)
-        return QTensor(f"{base}:0", f"{base}:1", f"{base}:2", x.dtype, x.mode)
+        return dataclasses.replace(x, tensor=f"{base}:0", min=f"{base}:1", max=f"{base}:2")  # a shift carries over
 
     def _bias(self, unit: Unit, channels: int) -> np.ndarray:
         if not unit.bias:

@@ -145,3 +145,17 @@ def test_borders_run_tensorflows_portable_quantize_kernels_with_exact_rounding()
     assert not ran & {"_MklQuantizeV2", "_MklDequantize"}  # about 200 us a call here, whatever the size
     exact = np.clip(np.round(x.astype(np.float64) * 127 / bound), -127, 127)
     assert np.array_equal(codes.astype(np.int64), exact)  # oneDNN's QuantizeV2 was one off for 30 % of values
+
+
+@pytest.mark.parametrize("pool,op", [("MaxPooling2D", "QuantizedMaxPool"), ("AveragePooling2D", "QuantizedAvgPool")])
+def test_a_pool_between_a_shifted_output_and_its_reader_keeps_the_shift(pool, op):
+    import keras
+
+    model = conv_model(keras, keras.layers.Conv2D(8, 3), getattr(keras.layers, pool)(3, 2, padding="same"),
+                       keras.layers.Conv2D(4, 1), keras.layers.Flatten(), keras.layers.Dense(3))
+    x = np.random.default_rng(5).normal(size=(64, 10, 10, 8)).astype(np.float32)
+    qmodel = kquant.quantize(model, x[:32], progress=False)
+    assert qmodel.op_counts()[op] == 1
+    assert conv_inputs(qmodel) == [tf.quint8.as_datatype_enum] * 2
+    ref = model.predict(x[32:], verbose=0)
+    assert np.abs(qmodel.predict(x[32:]) - ref).max() < 0.08 * np.abs(ref).max()  # 0.69 when the pool dropped it
