@@ -1,0 +1,45 @@
+"""Exact 8-bit arithmetic for a quantization plan, as a float graph: the reference the int8 kernels are held to.
+
+The fp32 graph with every quantized weight replaced by its int8 value (per channel for convolutions,
+as the rewrite quantizes it, without the pair-safe scaling) and an asymmetric 8-bit FakeQuant (TFLite's
+scheme) at every tensor the int8 graph quantizes, using the calibrated ranges. What the plan costs with
+exact rounding and no kernel effects; `benchmarks/fer_gap.py` and the random-architecture tests compare
+kquant's int8 output with it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+from tensorflow.core.framework import node_def_pb2
+from tensorflow.python.framework import tensor_util
+
+from kquant.quantization.rewrite import _quantize_weights
+
+
+def simulated_graph_def(fp32, units, ranges):
+    """``fp32`` (a FrozenGraph) with int8-rounded weights and FakeQuant on every tensor ``units`` quantize."""
+    graph_def = copy.deepcopy(fp32.graph_def)
+    nodes = {n.name: n for n in graph_def.node}
+    weighted = [u for u in units if u.kind in ("conv", "matmul")]
+    for unit in weighted:
+        node = nodes[unit.weights]
+        weights = tensor_util.MakeNdarray(node.attr["value"].tensor)
+        depthwise = nodes[unit.anchor].op == "DepthwiseConv2dNative"
+        q, w_max = _quantize_weights(weights, unit.kind == "conv", depthwise)
+        channels = weights.shape[2] * weights.shape[3] if depthwise else weights.shape[-1]
+        flat = q.reshape(-1, channels) if unit.kind == "conv" else q.reshape(-1, 1)
+        exact = (flat * (w_max / 127.0)).reshape(weights.shape).astype(np.float32)
+        node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(exact))
+    produced = {u.output_tensor for u in weighted}
+    points = [u.output_tensor for u in weighted] + [u.data_input for u in weighted if u.data_input not in produced]
+    for tensor in dict.fromkeys(points):
+        low, high = ranges[tensor]
+        name = tensor.split(":")[0]
+        fake = node_def_pb2.NodeDef(name=f"{name}/fake_quant", op="FakeQuantWithMinMaxArgs", input=[name])
+        fake.attr["min"].f, fake.attr["max"].f, fake.attr["num_bits"].i = min(low, 0.0), max(high, 0.0), 8
+        for node in graph_def.node:
+            node.input[:] = [fake.name if i in (name, tensor) else i for i in node.input]
+        graph_def.node.append(fake)
+    return graph_def
