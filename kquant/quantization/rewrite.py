@@ -204,8 +204,9 @@ class _Rewriter:
         base, k = f"{unit.output}_int8", self._const_scope()
         bias = self._bias(unit, channels) - (out_shift[0] if out_shift else 0.0)  # shifted output codes hold x - low
         conv_attrs = {key: anchor.attr[key] for key in CONV_ATTRS if key in anchor.attr}
-        filter_nodes = ([N.const(f"{k}/filter", q_weights, tf.qint8)] if not _strided_1x1(anchor, weights.shape)
-                        else _strided_filter(k, q_weights, conv_attrs))
+        filter_nodes = (_strided_filter(k, q_weights, conv_attrs)
+                        if self.options.kernels == "onednn" and _strided_1x1(anchor, weights.shape)
+                        else [N.const(f"{k}/filter", q_weights, tf.qint8)])
         x_min, x_max = x.min, x.max
         if x.shift:  # the kernel reads x - low in [0, high - low]; add back low * (the weights it uses) per channel
             x_min, x_max = f"{k}/min_input", f"{k}/max_input"
@@ -338,7 +339,7 @@ def _pads(conv, kernel_shape) -> bool:
 
 def _strided_1x1(conv, kernel_shape) -> bool:
     strides = list(conv.attr["strides"].list.i)
-    return (tuple(kernel_shape[:2]) == (1, 1) and conv.attr["padding"].s in (b"SAME", b"VALID")
+    return (conv.op == "Conv2D" and tuple(kernel_shape[:2]) == (1, 1) and conv.attr["padding"].s in (b"SAME", b"VALID")
             and conv.attr["data_format"].s in (b"", b"NHWC") and strides[1:3] != [1, 1])
 
 

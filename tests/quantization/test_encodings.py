@@ -159,3 +159,15 @@ def test_a_pool_between_a_shifted_output_and_its_reader_keeps_the_shift(pool, op
     assert conv_inputs(qmodel) == [tf.quint8.as_datatype_enum] * 2
     ref = model.predict(x[32:], verbose=0)
     assert np.abs(qmodel.predict(x[32:]) - ref).max() < 0.08 * np.abs(ref).max()  # 0.69 when the pool dropped it
+
+
+def test_public_kernels_keep_a_strided_1x1_conv_as_it_is():
+    import keras
+
+    model = conv_model(keras, keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+                       keras.layers.Conv2D(16, 1, strides=2, activation="relu"), keras.layers.Flatten(), keras.layers.Dense(3))
+    x = np.random.default_rng(6).random((48, 10, 10, 8), dtype=np.float32)
+    qmodel = kquant.quantize(model, x[:32], kernels="public", progress=False)  # the public ops take no EXPLICIT pads
+    assert qmodel.op_counts()["QuantizedConv2DWithBiasAndReluAndRequantize"] == 2 and "Pad" not in qmodel.op_counts()
+    ref = model.predict(x[32:], verbose=0)
+    assert np.abs(qmodel.predict(x[32:]) - ref).max() < 0.05 * np.abs(ref).max()
