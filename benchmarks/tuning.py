@@ -16,6 +16,7 @@ import numpy as np
 
 import kquant
 from kquant import datasets
+from kquant.benchmark import time_interleaved
 
 
 def tune_fer(max_drop, fallback):
@@ -55,13 +56,7 @@ def tune_wide_deep(max_drop, fallback):
 def report(name, qmodel, seconds, fp32, int8, batch):
     kept = len(qmodel.result.fell_back)
     with kquant.GraphRunner(qmodel.graph_def, qmodel.graph.input_names, qmodel.graph.output_names) as run:
-        for _ in range(5):
-            run(*batch)
-        times = []
-        for _ in range(50):
-            start = time.perf_counter()
-            run(*batch)
-            times.append(time.perf_counter() - start)
+        times = time_interleaved({"int8": lambda: run(*batch)}, 50)["int8"]
     print(f"{name}: {len(qmodel.trials)} trials in {seconds:.1f} s; fp32 {fp32:.4f}, int8 {int8:.4f}; "
           f"{kept} op(s) kept out of int8 ({qmodel.result.fallback}); batch-32 latency {1000 * np.median(times):.2f} ms")
     for trial in qmodel.trials:

@@ -211,7 +211,7 @@ class _Rewriter:
         if x.shift:  # the kernel reads x - low in [0, high - low]; add back low * (the weights it uses) per channel
             x_min, x_max = f"{k}/min_input", f"{k}/max_input"
             self.new_nodes.extend([N.const(x_min, np.float32(0.0)), N.const(x_max, np.float32(x.shift[1] - x.shift[0]))])
-            bias = bias + x.shift[0] * (q_weights.astype(np.float64).reshape(-1, channels) * (w_max / 127.0)).sum(axis=0)
+            bias = bias + x.shift[0] * dequantized_weights(q_weights, w_max, channels).sum(axis=0)
         # one range constant serves as min and max: the kernels scale by max(|min|, |max|) per channel
         inputs = [x.tensor, f"{k}/filter", f"{k}/bias", x_min, x_max, f"{k}/filter_range", f"{k}/filter_range",
                   f"{k}/min_output", f"{k}/max_output"]
@@ -309,6 +309,11 @@ def _quantize_weights(weights: np.ndarray, per_channel: bool, depthwise: bool, p
     flat = weights.reshape(-1, channels) if per_channel else weights.reshape(-1, 1)
     q = np.clip(np.round(flat / w_max * 127), -127, 127).astype(np.int8).reshape(weights.shape)
     return q, w_max
+
+
+def dequantized_weights(q: np.ndarray, w_max, channels: int) -> np.ndarray:
+    """The float values int8 weights stand for, as [taps * inputs, channels] (``w_max`` per channel or one)."""
+    return q.astype(np.float64).reshape(-1, channels) * (w_max / 127.0)
 
 
 def _pair_sums(weights: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from tensorflow.core.framework import node_def_pb2
 from tensorflow.python.framework import tensor_util
 
-from kquant.quantization.rewrite import _quantize_weights
+from kquant.quantization.rewrite import _quantize_weights, dequantized_weights
 
 
 def simulated_graph_def(fp32, units, ranges):
@@ -29,8 +29,7 @@ def simulated_graph_def(fp32, units, ranges):
         depthwise = nodes[unit.anchor].op == "DepthwiseConv2dNative"
         q, w_max = _quantize_weights(weights, unit.kind == "conv", depthwise)
         channels = weights.shape[2] * weights.shape[3] if depthwise else weights.shape[-1]
-        flat = q.reshape(-1, channels) if unit.kind == "conv" else q.reshape(-1, 1)
-        exact = (flat * (w_max / 127.0)).reshape(weights.shape).astype(np.float32)
+        exact = dequantized_weights(q, w_max, channels).reshape(weights.shape).astype(np.float32)
         node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(exact))
     produced = {u.output_tensor for u in weighted}
     points = [u.output_tensor for u in weighted] + [u.data_input for u in weighted if u.data_input not in produced]
