@@ -12,7 +12,7 @@ import tensorflow as tf
 from kquant.converters import freeze
 from kquant.data import DEFAULT_BATCH_SIZE
 from kquant.errors import OutputWriteError, QuantizationError, first_line
-from kquant.graph import FrozenGraph, save_graph_def
+from kquant.graph import FrozenGraph, save_graph_def, without_default_attrs
 from kquant.quantization.pipeline import QuantizationResult, quantize_frozen
 from kquant.runtime import Predictor
 from kquant.summarize import summarize_graph
@@ -77,8 +77,8 @@ class QuantizedModel:
         return self._predictor(x, batch_size)
 
     def save(self, path) -> Path:
-        """Write the int8 GraphDef (.pb binary, .pbtxt text), atomically."""
-        return save_graph_def(self.graph_def, path)
+        """Write the int8 GraphDef (.pb binary, .pbtxt text) without default-valued attributes, atomically."""
+        return save_graph_def(without_default_attrs(self.graph_def), path)
 
     def export(self, directory) -> Path:
         """Write a SavedModel with a ``serving_default`` signature (what TF Serving deploys), atomically."""

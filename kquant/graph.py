@@ -127,6 +127,18 @@ def save_graph_def(graph_def: graph_pb2.GraphDef, path: str | os.PathLike) -> Pa
     return path
 
 
+def without_default_attrs(graph_def: graph_pb2.GraphDef) -> graph_pb2.GraphDef:
+    """A copy of ``graph_def`` without the attributes left at their op's default, as SavedModels are written;
+    TensorFlow adds them back when it imports the graph."""
+    from tensorflow.core.protobuf import meta_graph_pb2
+    from tensorflow.python.framework import meta_graph
+
+    holder = meta_graph_pb2.MetaGraphDef()
+    holder.graph_def.CopyFrom(graph_def)
+    meta_graph.strip_graph_default_valued_attrs(holder)
+    return holder.graph_def
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it is removed.

@@ -1,4 +1,5 @@
-"""The int8 pipeline, one function per stage: optimize -> plan -> calibrate -> rewrite (ranges frozen, requantize fused).
+"""The int8 pipeline, one function per stage: optimize -> plan -> calibrate -> rewrite (ranges frozen, requantize
+fused) -> strip.
 
 ``quantize_frozen`` chains them; with an ``eval_fn`` it runs accuracy-aware tuning (tuning.py).
 """
@@ -80,7 +81,15 @@ def build(fp32: FrozenGraph, ranges, options: RewriteOptions, *, excluded_ops=()
     if fallback == "bf16" and fell_back:
         kept = [u for u in plan(fp32, excluded_ops, excluded_nodes) if u.anchor in set(fell_back)]
         graph_def = units_to_bf16(graph_def, [u for u in kept if u.kind in ("conv", "matmul")])
-    return FrozenGraph(graph_def, fp32.inputs, fp32.outputs)
+    return strip(FrozenGraph(graph_def, fp32.inputs, fp32.outputs))
+
+
+def strip(graph: FrozenGraph) -> FrozenGraph:
+    """``graph`` with identical nodes merged: the Graph Transform Tool's merge_duplicate_nodes, which folds
+    the many equal range scalars (fer's int8 graph: 234 -> 189 nodes)."""
+    from kquant.transforms import apply_transforms
+
+    return apply_transforms(graph, ["merge_duplicate_nodes"])
 
 
 def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration="minmax", excluded_ops=(),

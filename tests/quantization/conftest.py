@@ -44,6 +44,15 @@ def faces():
     return datasets.lfw_faces()
 
 
+@pytest.fixture(scope="session")
+def fer_int8(faces):
+    """The pretrained fer model quantized on the first 100 faces (the other 100 stay unseen)."""
+    import kquant
+    from kquant import datasets
+
+    return kquant.quantize(datasets.fer_model_path(), faces[:100], progress=False)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

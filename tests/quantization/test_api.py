@@ -1,5 +1,6 @@
 """kquant.quantize / QuantizedModel / GraphConverter / CLI on small models built here."""
 
+import collections
 
 import numpy as np
 import pytest
@@ -112,6 +113,23 @@ def test_save_pb_and_pbtxt_and_export_savedmodel(keras3_model, keras3_int8, imag
     np.testing.assert_allclose(value.numpy(), expected, atol=1e-6)
     with pytest.raises(OutputWriteError):
         keras3_int8.export(exported)
+
+
+def test_int8_graph_holds_no_two_identical_constants(keras3_int8):
+    seen = collections.Counter((n.attr["dtype"].type, n.attr["value"].tensor.SerializeToString())
+                               for n in keras3_int8.graph_def.node if n.op == "Const")
+    assert seen and max(seen.values()) == 1
+
+
+def test_saved_file_drops_default_valued_attributes_and_runs_the_same(keras3_int8, images, tmp_path):
+    path = keras3_int8.save(tmp_path / "int8.pb")
+    assert path.stat().st_size < keras3_int8.graph_def.ByteSize()
+    saved = kquant.load_graph_def(path)
+    conv = next(n for n in saved.node if n.op == "_FusedQuantizedConv2D")
+    in_memory = next(n for n in keras3_int8.graph_def.node if n.name == conv.name)
+    assert "Tdevice_inputs" in in_memory.attr and "Tdevice_inputs" not in conv.attr  # its default, the empty list
+    with kquant.GraphRunner(saved, ["image:0"], [keras3_int8.outputs[0].name]) as run:
+        np.testing.assert_array_equal(run(images[:5])[0], keras3_int8.predict(images[:5]))
 
 
 def test_calibration_methods_and_per_channel_switch(keras3_model, images):
