@@ -162,7 +162,9 @@ def kquant_int8(frozen, calibration):
     start = time.perf_counter()
     qmodel = kquant.quantize(frozen, calibration, progress=False)
     seconds = time.perf_counter() - start
-    return TFGraph(qmodel.graph_def, frozen.input_names, frozen.output_names[0]), seconds, len(_serialized(qmodel.graph_def))
+    with tempfile.TemporaryDirectory() as tmp:
+        size = qmodel.save(Path(tmp) / "int8.pb").stat().st_size  # the file as written
+    return TFGraph(qmodel.graph_def, frozen.input_names, frozen.output_names[0]), seconds, size
 
 
 def inc_int8(frozen, calibration):
