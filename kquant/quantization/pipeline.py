@@ -81,15 +81,16 @@ def build(fp32: FrozenGraph, ranges, options: RewriteOptions, *, excluded_ops=()
     if fallback == "bf16" and fell_back:
         kept = [u for u in plan(fp32, excluded_ops, excluded_nodes) if u.anchor in set(fell_back)]
         graph_def = units_to_bf16(graph_def, [u for u in kept if u.kind in ("conv", "matmul")])
-    return strip(FrozenGraph(graph_def, fp32.inputs, fp32.outputs))
+    return strip(FrozenGraph(graph_def, fp32.inputs, fp32.outputs), keep=outputs)
 
 
-def strip(graph: FrozenGraph) -> FrozenGraph:
+def strip(graph: FrozenGraph, keep=None) -> FrozenGraph:
     """``graph`` with identical nodes merged: the Graph Transform Tool's merge_duplicate_nodes, which folds
-    the many equal range scalars (fer's int8 graph: 234 -> 189 nodes)."""
+    the many equal range scalars (fer's int8 graph: 234 -> 189 nodes). The nodes in ``keep`` (default: the
+    outputs) keep their names."""
     from kquant.transforms import apply_transforms
 
-    return apply_transforms(graph, ["merge_duplicate_nodes"])
+    return apply_transforms(graph, ["merge_duplicate_nodes"], outputs=list(keep or graph.output_names))
 
 
 def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration="minmax", excluded_ops=(),

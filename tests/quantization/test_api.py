@@ -121,6 +121,24 @@ def test_int8_graph_holds_no_two_identical_constants(keras3_int8):
     assert seen and max(seen.values()) == 1
 
 
+def test_strip_merges_identical_nodes_but_not_the_ones_it_must_keep():
+    from kquant.graph import FrozenGraph, TensorSpec
+    from kquant.quantization.pipeline import strip
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 3], name="x")
+        tf.add(tf.multiply(x, tf.constant(2.0), name="a"), tf.multiply(x, tf.constant(2.0), name="b"), name="c")
+    frozen = FrozenGraph(graph.as_graph_def(), (TensorSpec("x:0", "float32", (None, 3)),),
+                         (TensorSpec("c:0", "float32", (None, 3)),))
+    merged = strip(frozen).graph_def
+    assert sorted(n.op for n in merged.node) == ["AddV2", "Const", "Mul", "Placeholder"]
+    with kquant.GraphRunner(merged, ["x:0"], ["c:0"]) as run:
+        np.testing.assert_array_equal(run(np.ones((1, 3), np.float32))[0], [[4.0, 4.0, 4.0]])
+    kept = {n.name for n in strip(frozen, keep=["c:0", "b:0"]).graph_def.node}
+    assert {"a", "b", "c"} <= kept
+
+
 def test_saved_file_drops_default_valued_attributes_and_runs_the_same(keras3_int8, images, tmp_path):
     path = keras3_int8.save(tmp_path / "int8.pb")
     assert path.stat().st_size < keras3_int8.graph_def.ByteSize()
