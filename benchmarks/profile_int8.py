@@ -1,12 +1,15 @@
 """Where an int8 graph spends its time: op counts, per-op-type time (TF step stats), oneDNN primitives (ONEDNN_VERBOSE).
 
-    python benchmarks/profile_int8.py [--models fer,fashion_cnn,resnet20] [--batch 1,32] [--runs 20]
+    python benchmarks/profile_int8.py [--models fer,fashion_cnn,resnet20] [--batch 1,32] [--runs 20] [--perf 6]
 
 For each model (built as benchmarks/compare.py builds it): the fp32 and int8 op histograms and the
 Dequantize -> QuantizeV2 round trips left between int8 ops; the median time per op type over ``runs``
 traced calls (TF's executor, after the oneDNN layout pass, so _Mkl* names show what runs); and the
 oneDNN primitives of one int8 call, read from ONEDNN_VERBOSE=1 in a subprocess (which TensorFlow needs:
 oneDNN reads the variable once): kind, implementation (jit:avx2, ref, ...), count and time, reorders included.
+With ``--perf SECONDS`` (needs Linux ``perf``): where the CPU time of a loop of calls goes, by library, for
+the fp32 and the int8 graph: oneDNN's JIT-compiled kernels (what int8 speeds up), the OS kernel
+(thread wake-ups), TensorFlow's framework (executor, thread pool) and its op library.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "profile_int8: timed calls start"
+PERF_GROUPS = (("[JIT]", "oneDNN JIT kernels"), ("kernel", "OS kernel"), ("libtensorflow_framework", "TF framework"),
+               ("libtensorflow_cc", "TF ops"))
 
 
 def op_histogram(graph_def) -> collections.Counter:
@@ -94,7 +99,10 @@ def onednn_primitives(graph_path, batch, runs) -> list:
     return sorted(((k, i, n / runs, ms / runs) for (k, i), (n, ms) in totals.items()), key=lambda row: -row[3])
 
 
-def verbose_child(graph_path, batch, runs):
+def verbose_child(graph_path, batch, runs, seconds=0.0):
+    """Call the graph ``runs`` times after MARKER, or for ``seconds`` when given."""
+    import time
+
     import kquant
 
     frozen = kquant.freeze(graph_path)
@@ -103,12 +111,42 @@ def verbose_child(graph_path, batch, runs):
         for _ in range(3):
             runner(*arrays)
         print(MARKER, flush=True)
-        for _ in range(runs):
+        end = time.perf_counter() + seconds
+        calls = 0
+        while calls < runs or time.perf_counter() < end:
             runner(*arrays)
+            calls += 1
     sys.stdout.flush()
 
 
-def profile(name, batches, runs):
+def cpu_shares(graph_path, batch, seconds) -> dict:
+    """Percent of ``perf record`` samples by library while a child process calls the graph in a loop."""
+    env = {**os.environ, "TF_ENABLE_ONEDNN_OPTS": "1"}
+    child = subprocess.Popen([sys.executable, __file__, "--verbose-child", str(graph_path), "--batch", str(batch),
+                              "--seconds", str(seconds + 30)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        while MARKER not in child.stdout.readline():
+            pass
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / "perf.data"
+            subprocess.run(["perf", "record", "-q", "-F", "1999", "-p", str(child.pid), "-o", str(data), "--", "sleep", str(seconds)],
+                           check=True, capture_output=True)
+            report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--sort", "dso"],
+                                    check=True, capture_output=True, text=True).stdout
+    finally:
+        child.kill()
+        child.wait()
+    shares = collections.Counter()
+    for line in report.splitlines():
+        match = re.match(r"\s*([\d.]+)%\s+(.+?)\s*$", line)
+        if match:
+            library = match.group(2)
+            group = next((label for key, label in PERF_GROUPS if key in library), "other")
+            shares[group] += float(match.group(1))
+    return shares
+
+
+def profile(name, batches, runs, perf_seconds=0):
     import compare
 
     import kquant
@@ -139,6 +177,14 @@ def profile(name, batches, runs):
               "| primitive | implementation | calls | ms |\n|---|---|---|---|")
         for kind, impl, calls, ms in rows:
             print(f"| {kind} | {impl} | {calls:g} | {ms:.3f} |")
+        if perf_seconds:
+            groups = [label for _, label in PERF_GROUPS] + ["other"]
+            print(f"\nCPU samples by library, batch {batch}, {perf_seconds} s of calls (perf record):\n\n"
+                  f"| graph | {' | '.join(groups)} |\n|---{'|---' * len(groups)}|")
+            with tempfile.TemporaryDirectory() as tmp:
+                for label, graph in (("fp32", fp32), ("int8", qmodel.graph)):
+                    shares = cpu_shares(graph.save(Path(tmp) / f"{label}.pb"), batch, perf_seconds)
+                    print(f"| {label} | {' | '.join(f'{shares[g]:.1f} %' for g in groups)} |")
     print()
 
 
@@ -147,14 +193,17 @@ def main(argv=None):
     parser.add_argument("--models", default="fer,fashion_cnn,resnet20")
     parser.add_argument("--batch", default="1,32", help="comma-separated batch sizes (the child takes one)")
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--perf", type=float, default=0, metavar="SECONDS",
+                        help="also sample each graph's calls with Linux perf for this long (default: off)")
     parser.add_argument("--verbose-child", help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     if args.verbose_child:
-        verbose_child(args.verbose_child, int(args.batch), args.runs)
+        verbose_child(args.verbose_child, int(args.batch), args.runs, args.seconds)
         return
     for name in args.models.split(","):
-        profile(name, [int(b) for b in args.batch.split(",")], args.runs)
+        profile(name, [int(b) for b in args.batch.split(",")], args.runs, args.perf)
 
 
 if __name__ == "__main__":
