@@ -28,7 +28,7 @@ class Unit:
     weights: str = ""    # Const node of the filter / matrix
     bias: str = ""       # Const node of the bias ("" = none)
     activation: str = ""  # "", "Relu" or (conv only) "Relu6"
-    summand: str = ""    # conv only: the tensor a residual Add adds before the ReLU, fused as oneDNN's sum
+    summand: str = ""    # conv only: the tensor a residual Add adds (before the ReLU, if any), fused as oneDNN's sum
     pre_sum: str = ""    # with a summand: the node holding conv + bias, before the Add
 
     @property
@@ -47,16 +47,19 @@ def find_units(graph_def, excluded_ops=(), excluded_nodes=()) -> list[Unit]:
     nodes = {n.name: n for n in graph_def.node}
     readers = consumers(graph_def)
     excluded_ops, excluded_nodes = set(excluded_ops), set(excluded_nodes)
-    units, produced = [], set()
+    units, produced, claimed = [], set(), set()
     for node in topological_order(graph_def, nodes):
         builder = UNIT_BUILDERS.get(node.op)
         if builder is None or node.op in excluded_ops:
             continue
         unit = builder(node, nodes, readers, produced)
+        if unit is not None and unit.summand and claimed.intersection(unit.nodes):
+            unit = unit.without_sum()  # both convs of a residual Add match it: the first one found fuses it
         if unit is None or excluded_nodes.intersection(unit.nodes) or excluded_ops.intersection(nodes[n].op for n in unit.nodes):
             continue
         units.append(unit)
         produced.add(unit.output_tensor)
+        claimed.update(unit.nodes)
     return units
 
 
@@ -97,12 +100,9 @@ def _weighted_unit(kind, node, nodes, readers, bias_ops, residual=False):
     summand, pre_sum = "", ""
     if residual and follower is not None and follower.op in ("Add", "AddV2") and len(follower.input) == 2:
         others = [i for i in follower.input if node_name(i) != tail.name]
-        after = _only_reader(follower, readers)
-        # oneDNN fuses a sum only when an activation follows it: Add -> Relu
-        if len(others) == 1 and nodes[node_name(others[0])].op != "Const" and after is not None \
-                and after.op in ACTIVATIONS[kind] and not is_control_input(others[0]):
+        if len(others) == 1 and nodes[node_name(others[0])].op != "Const" and not is_control_input(others[0]):
             chain.append(follower.name)
-            summand, pre_sum, tail, follower = _tensor(others[0]), tail.name, follower, after
+            summand, pre_sum, tail, follower = _tensor(others[0]), tail.name, follower, _only_reader(follower, readers)
     if follower is not None and follower.op in ACTIVATIONS[kind]:
         chain.append(follower.name)
         activation, tail = follower.op, follower

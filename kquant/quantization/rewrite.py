@@ -75,7 +75,7 @@ class _Rewriter:
         for unit in units:
             self.readers.setdefault(unit.data_input, []).append(unit)
             if unit.summand:
-                self.readers.setdefault(unit.summand, []).append(None)  # a summand must stay SCALED
+                self.readers.setdefault(unit.summand, []).append(None)  # None: read as a summand
         read_as_int8 = {u.data_input for u in units} | {u.summand for u in units if u.summand}
         replaced = set()
         for unit in sorted(units, key=lambda u: order[u.output]):  # a summand's producer comes first
@@ -115,11 +115,14 @@ class _Rewriter:
         return unsigned and not depthwise_without_relu and anchor.attr["padding"].s != b"EXPLICIT"
 
     def _sum_supported(self, unit: Unit) -> bool:
-        """oneDNN fuses [BiasAdd, Sum, Relu, Requantize] only, and computes it right only for an unsigned summand."""
-        if self.options.kernels != "onednn":
+        """oneDNN fuses [BiasAdd, Sum, Relu, Requantize] and computes it right only for an unsigned summand: a
+        quint8 one (shifted codes too) or an fp32 one, which gets a QuantizeV2 of its own."""
+        if self.options.kernels != "onednn" or self.nodes[unit.anchor].op != "Conv2D":
             return False
         summand = self.quantized.get(unit.summand)
-        return summand.dtype == tf.quint8 and summand.shift is None if summand else self.ranges[unit.summand][0] >= 0
+        # without an activation a signed output must be shifted (see _output_range), which every reader must take
+        linear_ok = bool(unit.activation) or self.ranges[unit.output_tensor][0] >= 0 or self._can_shift(unit.output_tensor)
+        return (summand is None or summand.dtype == tf.quint8) and linear_ok
 
     def _input(self, tensor: str, reader: Unit | None) -> QTensor:
         """The int8 form of ``tensor`` for ``reader`` (None: a summand): an int8 op's output, or a QuantizeV2 with
@@ -137,7 +140,7 @@ class _Rewriter:
         elif lo >= 0:
             dtype, mode, lo = tf.quint8, "SCALED", 0.0
         else:
-            dtype, mode, bound = tf.qint8, "SCALED", max(-lo, hi)
+            dtype, mode, bound = tf.qint8, "SCALED", _qint8_bound(lo, hi)
             lo, hi = -bound, bound
         self.new_nodes.extend([N.const(f"{base}/min", np.float32(lo)), N.const(f"{base}/max", np.float32(hi)),
                                N.quantize_v2(base, tensor, f"{base}/min", f"{base}/max", dtype, mode)])
@@ -149,16 +152,19 @@ class _Rewriter:
         return self.options.kernels == "onednn" and all(map(self._reader_can_shift, self.readers.get(tensor, ())))
 
     def _reader_can_shift(self, reader: Unit | None) -> bool:
-        """Whether ``reader`` can take its input shifted to unsigned: a MatMul, a conv that does not pad, or a
-        pool/reshape whose own readers can; not a summand, and not with the public kernels.
+        """Whether ``reader`` can take its input shifted to unsigned: a MatMul, a conv that does not pad, a
+        summand (None: read as unsigned data, with low added to the bias), or a pool/reshape whose own readers
+        can; never with the public kernels.
 
         Without VNNI oneDNN halves the weights of a convolution with a signed input (``sa0.5`` in its
         verbose log); an unsigned input keeps all 8 bits. The kernel's zero padding would stand for ``low``,
         so a convolution that pads keeps a signed input (padding the codes with TF's PadV2 was tried:
         on fer it cost 4 ms per batch of 32, more than the int8 convolutions saved).
         """
-        if reader is None or self.options.kernels != "onednn":
+        if self.options.kernels != "onednn":
             return False
+        if reader is None:
+            return True
         if reader.kind == "conv":
             return not _pads(self.nodes[reader.anchor], _const_value(self.nodes[reader.weights]).shape)
         return reader.kind == "matmul" or self._can_shift(reader.output_tensor)
@@ -168,7 +174,11 @@ class _Rewriter:
 
     def _output_range(self, unit: Unit) -> tuple[float, float, tf.DType, tuple | None]:
         """(min, max, dtype, shift) of a requantized output: quint8 [0, M] when non-negative; else, when its
-        readers allow, quint8 codes of x - low in [0, high - low] (``shift`` = (low, high)); else qint8 [-M, M]."""
+        readers allow, quint8 codes of x - low in [0, high - low] (``shift`` = (low, high)); else qint8 [-M, M].
+
+        A residual sum without an activation is fused only when its output can be shifted: the kernel computes
+        Relu(conv + summand - low), which is x - low wherever x is in range (oneDNN fuses a sum only with an
+        activation after it)."""
         lo, hi = self.ranges[unit.output_tensor]
         if unit.activation == "Relu6":
             hi = min(hi, 6.0)  # Relu6 is Relu with the quantized range capped at 6
@@ -177,7 +187,7 @@ class _Rewriter:
         if self._can_shift(unit.output_tensor):
             shift = _zero_exact(lo, hi)
             return 0.0, shift[1] - shift[0], tf.quint8, shift
-        bound = max(-lo, hi, MIN_RANGE_WIDTH)  # no larger floor: a range of 1e-8 keeps its 8 bits
+        bound = _qint8_bound(lo, hi)
         return -bound, bound, tf.qint8, None
 
     def _shifted_output(self, base: str, scope: str, dtype, shift) -> QTensor:
@@ -217,9 +227,15 @@ class _Rewriter:
                   f"{k}/min_output", f"{k}/max_output"]
         if unit.summand:
             summand = self._input(unit.summand, None)
+            s_min, s_max = summand.min, summand.max
+            if summand.shift:  # the kernel adds the codes as unsigned data, x - low: add low back
+                s_min, s_max = f"{k}/min_summand", f"{k}/max_summand"
+                self.new_nodes.extend([N.const(s_min, np.float32(0.0)),
+                                       N.const(s_max, np.float32(summand.shift[1] - summand.shift[0]))])
+                bias = bias + summand.shift[0]
             op = N.fused_quantized_conv_with_sum(
                 base, CONV_OP_NAMES[anchor.op],
-                inputs[:3] + [summand.tensor] + inputs[3:7] + [summand.min, summand.max] + inputs[7:],
+                inputs[:3] + [summand.tensor] + inputs[3:7] + [s_min, s_max] + inputs[7:],
                 input_dtype=x.dtype, summand_dtype=summand.dtype, output_dtype=dtype, relu=True, conv_attrs=conv_attrs)
         elif self.options.kernels == "public":
             op = N.public_quantized_conv(base, depthwise, bool(unit.activation), inputs, output_dtype=dtype,
@@ -332,6 +348,11 @@ def _zero_exact(low: float, high: float) -> tuple[float, float]:
     step = max(high - low, MIN_RANGE_WIDTH) / 255.0
     zero_code = min(max(round(-low / step), 0), 255)
     return -zero_code * step, (255 - zero_code) * step
+
+
+def _qint8_bound(low: float, high: float) -> float:
+    """The symmetric qint8 range [-bound, bound] of [low, high] (no larger floor: a range of 1e-8 keeps its 8 bits)."""
+    return max(-low, high, MIN_RANGE_WIDTH)
 
 
 def _pads(conv, kernel_shape) -> bool:

@@ -280,6 +280,53 @@ def test_residual_add_and_relu_fuse_into_the_conv_as_a_sum():
     assert close_in_steps(public.predict(x[64:]), model.predict(x[64:], verbose=0))
 
 
+def linear_residual_cnn(reader_kernel):
+    """conv -> conv, plus a signed 1x1 shortcut, summed with no activation after (MobileNetV2's form), then a reader."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 8), name="image")
+    branch = keras.layers.Conv2D(16, 1)(keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs))
+    shortcut = keras.layers.Conv2D(16, 1)(inputs)  # signed: a shifted summand
+    added = keras.layers.Add()([branch, shortcut])
+    return keras.Model(inputs, keras.layers.Conv2D(4, reader_kernel, padding="same")(added))
+
+
+def error_against_simulation(model, qmodel, x_calib, x_eval):
+    """RMS error of the int8 model and of an exact 8-bit simulation of its plan, against fp32."""
+    from kquant.quantization import pipeline
+    from kquant.quantization.simulation import simulated_graph_def
+
+    fp32 = pipeline.optimize(kquant.freeze(model))
+    units = pipeline.plan(fp32)
+    ranges = pipeline.calibrate(fp32, units, x_calib, progress=False)
+    with kquant.GraphRunner(simulated_graph_def(fp32, units, ranges), fp32.input_names, fp32.output_names) as run:
+        simulated = run(x_eval)[0]
+    reference = model.predict(x_eval, verbose=0)
+    return np.sqrt(np.mean((qmodel.predict(x_eval) - reference) ** 2)), np.sqrt(np.mean((simulated - reference) ** 2))
+
+
+def test_residual_add_without_activation_fuses_as_a_sum_when_its_readers_take_shifted_codes():
+    model = linear_residual_cnn(reader_kernel=1)
+    x = np.random.default_rng(0).normal(0.0, 1.0, (96, 12, 12, 8)).astype(np.float32)
+    qmodel = kquant.quantize(model, x[:64], progress=False)
+    assert "AddV2" not in qmodel.op_counts()
+    sums = [n for n in qmodel.graph_def.node if b"Sum" in n.attr["fused_ops"].list.s]
+    assert len(sums) == 1 and sums[0].attr["Tsummand"].type == tf.quint8.as_datatype_enum
+    int8, simulated = error_against_simulation(model, qmodel, x[:64], x[64:])
+    assert int8 <= 1.3 * simulated, (int8, simulated)  # measured 1.05
+
+
+def test_residual_add_without_activation_stays_fp32_when_a_reader_pads():
+    model = linear_residual_cnn(reader_kernel=3)  # SAME 3x3: shifted codes would pad with low, not 0.0
+    x = np.random.default_rng(0).normal(0.0, 1.0, (96, 12, 12, 8)).astype(np.float32)
+    qmodel = kquant.quantize(model, x[:64], progress=False)
+    assert qmodel.op_counts()["AddV2"] == 1
+    assert not any(b"Sum" in n.attr["fused_ops"].list.s for n in qmodel.graph_def.node)
+    int8, simulated = error_against_simulation(model, qmodel, x[:64], x[64:])
+    assert int8 <= 1.3 * simulated, (int8, simulated)
+
+
 def test_public_kernels_keep_a_matmul_fp32_when_its_input_is_signed_int8():
     import keras
 
