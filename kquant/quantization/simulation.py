@@ -32,7 +32,8 @@ def simulated_graph_def(fp32, units, ranges):
         exact = dequantized_weights(q, w_max, channels).reshape(weights.shape).astype(np.float32)
         node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(exact))
     produced = {u.output_tensor for u in weighted}
-    points = [u.output_tensor for u in weighted] + [u.data_input for u in weighted if u.data_input not in produced]
+    entering = [u.data_input for u in weighted] + [u.summand for u in weighted if u.summand]
+    points = [u.output_tensor for u in weighted] + [t for t in entering if t not in produced]
     for tensor in dict.fromkeys(points):
         low, high = ranges[tensor]
         name = tensor.split(":")[0]
