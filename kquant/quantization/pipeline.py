@@ -17,7 +17,7 @@ from kquant.quantization.bf16 import units_to_bf16
 from kquant.quantization.calibrate import collect_ranges
 from kquant.quantization.cpu import has_vnni
 from kquant.quantization.patterns import Unit, find_units
-from kquant.quantization.rewrite import KERNELS, RewriteOptions, rewrite_graph
+from kquant.quantization.rewrite import KERNELS, RewriteOptions, emitted_units, rewrite_graph
 from kquant.quantization.tuning import CALIBRATION_ALTERNATIVES, rank_by_sensitivity, tune
 from kquant.runtime import Predictor, ensure_onednn
 
@@ -30,7 +30,7 @@ class QuantizationResult:
 
     int8: FrozenGraph
     fp32: FrozenGraph                 # the optimized fp32 graph the int8 one was built from
-    units: list[Unit]                 # the units running in int8
+    units: list[Unit]                 # the units running in int8, as emitted (rewrite.emitted_units)
     ranges: dict
     options: RewriteOptions = RewriteOptions()
     calibration: str = "minmax"
@@ -146,7 +146,8 @@ def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration=
         int8, chosen, fell_back, trials = tune(
             baseline, eval_fn, attempt, ranked, calibrations=alternatives,
             max_accuracy_drop=max_accuracy_drop, relative=relative, max_trials=max_trials)
-    units = plan(fp32, excluded_ops, tuple(excluded_nodes) + tuple(fell_back))
+    units = emitted_units(fp32.graph_def, plan(fp32, excluded_ops, tuple(excluded_nodes) + tuple(fell_back)),
+                          ranges_for(chosen), fp32.output_names, options)
     return QuantizationResult(int8, fp32, units, ranges_for(chosen), options, chosen, tuple(fell_back), fallback,
                               trials, sample[0] if sample else None, tuple(excluded_ops), tuple(excluded_nodes))
 

@@ -58,6 +58,14 @@ def rewrite_graph(graph_def, units: list[Unit], ranges: dict, outputs, options: 
     return _Rewriter(graph_def, ranges, options).run(units, outputs)
 
 
+def emitted_units(graph_def, units: list[Unit], ranges: dict, outputs, options: RewriteOptions = RewriteOptions()):
+    """``units`` as the rewrite emits them: those the kernels cannot run left out, and a residual Add the
+    kernels cannot fuse left to fp32 (``Unit.without_sum``)."""
+    rewriter = _Rewriter(graph_def, ranges, options)
+    rewriter.run(units, outputs)
+    return rewriter.emitted
+
+
 class _Rewriter:
     def __init__(self, graph_def, ranges, options):
         self.graph_def = graph_def
@@ -68,6 +76,7 @@ class _Rewriter:
         self.entries: dict[tuple, QTensor] = {}   # (fp32 tensor, shift) -> its QuantizeV2
         self.new_nodes = []
         self.scopes = 0
+        self.emitted: list[Unit] = []  # the units as emitted, in graph order
 
     def run(self, units, outputs):
         order = {node.name: i for i, node in enumerate(topological_order(self.graph_def, self.nodes))}
@@ -83,6 +92,7 @@ class _Rewriter:
                 unit = unit.without_sum()
             if not self._supported(unit):
                 continue
+            self.emitted.append(unit)
             replaced.update(unit.nodes)
             in_kernel_dequantize = self.options.kernels == "onednn" or not unit.activation  # no public Relu+Dequantize op
             if unit.kind == "matmul" and unit.output_tensor not in read_as_int8 and in_kernel_dequantize:
