@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from kquant.converters import freeze
 from kquant.data import iter_batches
 from kquant.errors import ConfigurationError
-from kquant.graph import FrozenGraph, atomic_write, check_nodes_exist, load_graph_def, serialize_graph_def
+from kquant.graph import (FrozenGraph, atomic_write, check_nodes_exist, load_graph_def, serialize_graph_def,
+                          without_default_attrs)
 from kquant.runtime import GraphRunner, ensure_onednn, session_config
 
 WARMUP_RUNS = 5
@@ -159,8 +160,10 @@ def benchmark(model, int8=None, *, batches=(1, 32), runs=100, data=None, labels=
     finally:
         for run in runners.values():
             run.close()
-    variants = {name: VariantReport(name, len(serialize_graph_def(g.graph_def, text=False)), timings[name])
-                for name, g in graphs.items()}
+    written = {"fp32": graphs["fp32"].graph_def}  # the files kquant writes: an int8 one without default-valued attributes
+    written.update({name: without_default_attrs(g.graph_def) for name, g in graphs.items() if name != "fp32"})
+    variants = {name: VariantReport(name, len(serialize_graph_def(written[name], text=False)), timings[name])
+                for name in graphs}
     if outputs:
         _score(variants, outputs, records, labels, reference)
     return BenchmarkReport(variants, records, session_config().intra_op_parallelism_threads,
