@@ -314,7 +314,7 @@ def test_residual_add_without_activation_fuses_as_a_sum_when_its_readers_take_sh
     sums = [n for n in qmodel.graph_def.node if b"Sum" in n.attr["fused_ops"].list.s]
     assert len(sums) == 1 and sums[0].attr["Tsummand"].type == tf.quint8.as_datatype_enum
     int8, simulated = error_against_simulation(model, qmodel, x[:64], x[64:])
-    assert int8 <= 1.3 * simulated, (int8, simulated)  # measured 1.05
+    assert int8 <= 1.3 * simulated, (int8, simulated)  # measured 1.04
 
 
 def test_residual_add_without_activation_stays_fp32_when_a_reader_pads():
