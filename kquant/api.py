@@ -113,14 +113,13 @@ class QuantizedModel:
         """Per-layer table: range, output SNR and relative error against fp32 on calibration data, fallback."""
         from kquant.quantization.pipeline import build, plan
         from kquant.quantization.report import layer_report
-        from kquant.quantization.rewrite import emitted_units
 
         result = self.result
         if result.sample is None:
             raise QuantizationError("no calibration batch was kept (ranges came from a log); the report needs one")
-        planned = emitted_units(result.fp32.graph_def, plan(result.fp32, result.excluded_ops, result.excluded_nodes),
-                                result.ranges, result.fp32.output_names, result.options)
-        candidates = [u for u in planned if u.kind in ("conv", "matmul") or u in result.units]
+        kept = [u for u in plan(result.fp32, result.excluded_ops, result.excluded_nodes) if u.anchor in result.fell_back]
+        order = {node.name: i for i, node in enumerate(result.fp32.graph_def.node)}
+        candidates = sorted(list(result.units) + kept, key=lambda u: order[u.output])
         graph = build(result.fp32, result.ranges, result.options, excluded_ops=result.excluded_ops,
                          excluded_nodes=result.excluded_nodes, fell_back=result.fell_back,
                          fallback=result.fallback, extra_outputs=[u.output_tensor for u in candidates])

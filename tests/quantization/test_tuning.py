@@ -12,6 +12,7 @@ import pytest
 
 import kquant
 from kquant import datasets
+from kquant.quantization.pipeline import plan
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,10 @@ def test_plain_int8_misses_the_target_and_tuning_meets_it(outlier_model):
     assert any("sensitive" in name for name in tuned.result.fell_back) or any(
         "dense" in name and "sensitive" not in name for name in tuned.result.fell_back)
     assert collections.Counter(n.op for n in tuned.graph_def.node)["_QuantizedMatMul"] >= 1  # the rest stays int8
+    rows = tuned.report().rows
+    assert {r.node for r in rows if r.fell_back} == {u.output for u in plan(tuned.result.fp32)
+                                                     if u.anchor in tuned.result.fell_back}
+    assert {r.node for r in rows if not r.fell_back} == {u.output for u in tuned.result.units}
 
 
 def test_missed_target_still_returns_the_best_model_and_says_by_how_much(outlier_model):
