@@ -120,7 +120,7 @@ class QuantizedModel:
         kept = [u for u in plan(result.fp32, result.excluded_ops, result.excluded_nodes) if u.anchor in result.fell_back]
         order = {node.name: i for i, node in enumerate(result.fp32.graph_def.node)}
         candidates = sorted(list(result.units) + kept, key=lambda u: order[u.output])
-        graph = build(result.fp32, result.ranges, result.options, excluded_ops=result.excluded_ops,
+        graph, _ = build(result.fp32, result.ranges, result.options, excluded_ops=result.excluded_ops,
                          excluded_nodes=result.excluded_nodes, fell_back=result.fell_back,
                          fallback=result.fallback, extra_outputs=[u.output_tensor for u in candidates])
         return layer_report(result.fp32, graph.graph_def, candidates, set(result.fell_back), result.ranges, result.sample)

@@ -17,7 +17,7 @@ from kquant.quantization.bf16 import units_to_bf16
 from kquant.quantization.calibrate import collect_ranges
 from kquant.quantization.cpu import has_vnni
 from kquant.quantization.patterns import Unit, find_units
-from kquant.quantization.rewrite import KERNELS, RewriteOptions, emitted_units, rewrite_graph
+from kquant.quantization.rewrite import KERNELS, RewriteOptions, rewrite_graph
 from kquant.quantization.tuning import CALIBRATION_ALTERNATIVES, rank_by_sensitivity, tune
 from kquant.runtime import Predictor, ensure_onednn
 
@@ -30,7 +30,7 @@ class QuantizationResult:
 
     int8: FrozenGraph
     fp32: FrozenGraph                 # the optimized fp32 graph the int8 one was built from
-    units: list[Unit]                 # the units running in int8, as emitted (rewrite.emitted_units)
+    units: list[Unit]                 # the units running in int8, as the rewrite emitted them
     ranges: dict
     options: RewriteOptions = RewriteOptions()
     calibration: str = "minmax"
@@ -70,18 +70,19 @@ def calibrate(frozen: FrozenGraph, units, data, *, method="minmax", batch_size=D
 
 
 def build(fp32: FrozenGraph, ranges, options: RewriteOptions, *, excluded_ops=(), excluded_nodes=(), fell_back=(),
-          fallback="fp32", extra_outputs=()) -> FrozenGraph:
-    """The int8 graph with ``fell_back`` units kept in ``fallback`` precision; ``extra_outputs`` stay fetchable."""
+          fallback="fp32", extra_outputs=()) -> tuple[FrozenGraph, list[Unit]]:
+    """(the int8 graph with ``fell_back`` units kept in ``fallback`` precision, its int8 units as emitted);
+    ``extra_outputs`` stay fetchable."""
     units = plan(fp32, excluded_ops, tuple(excluded_nodes) + tuple(fell_back))
     missing = sorted(set(tensors_to_calibrate(units)) - set(ranges))
     if missing:
         raise QuantizationError(f"no calibrated range for {', '.join(missing[:5])}; calibrate on data that reaches them")
     outputs = fp32.output_names + list(extra_outputs)
-    graph_def = rewrite_graph(fp32.graph_def, units, ranges, outputs, options)
+    graph_def, emitted = rewrite_graph(fp32.graph_def, units, ranges, outputs, options)
     if fallback == "bf16" and fell_back:
         kept = [u for u in plan(fp32, excluded_ops, excluded_nodes) if u.anchor in set(fell_back)]
         graph_def = units_to_bf16(graph_def, [u for u in kept if u.kind in ("conv", "matmul")])
-    return strip(FrozenGraph(graph_def, fp32.inputs, fp32.outputs), keep=outputs)
+    return strip(FrozenGraph(graph_def, fp32.inputs, fp32.outputs), keep=outputs), emitted
 
 
 def strip(graph: FrozenGraph, keep=None) -> FrozenGraph:
@@ -123,9 +124,13 @@ def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration=
                 keep_first=sample if not sample else None, **(calibration_options or {}))
         return calibrated[method]
 
+    emitted = {}  # (calibration, fell_back) -> the units its graph runs in int8
+
     def attempt(method, fell_back):
-        return build(fp32, ranges_for(method), options, excluded_ops=excluded_ops, excluded_nodes=excluded_nodes,
-                     fell_back=fell_back, fallback=fallback)
+        graph, emitted[method, tuple(fell_back)] = build(
+            fp32, ranges_for(method), options, excluded_ops=excluded_ops, excluded_nodes=excluded_nodes,
+            fell_back=fell_back, fallback=fallback)
+        return graph
 
     chosen, fell_back, trials = calibration, (), []
     if eval_fn is None:
@@ -146,9 +151,7 @@ def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration=
         int8, chosen, fell_back, trials = tune(
             baseline, eval_fn, attempt, ranked, calibrations=alternatives,
             max_accuracy_drop=max_accuracy_drop, relative=relative, max_trials=max_trials)
-    units = emitted_units(fp32.graph_def, plan(fp32, excluded_ops, tuple(excluded_nodes) + tuple(fell_back)),
-                          ranges_for(chosen), fp32.output_names, options)
-    return QuantizationResult(int8, fp32, units, ranges_for(chosen), options, chosen, tuple(fell_back), fallback,
+    return QuantizationResult(int8, fp32, emitted[chosen, tuple(fell_back)], ranges_for(chosen), options, chosen, tuple(fell_back), fallback,
                               trials, sample[0] if sample else None, tuple(excluded_ops), tuple(excluded_nodes))
 
 

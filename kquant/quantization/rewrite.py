@@ -54,16 +54,13 @@ class RewriteOptions:
 
 
 def rewrite_graph(graph_def, units: list[Unit], ranges: dict, outputs, options: RewriteOptions = RewriteOptions()):
-    """Return the int8 GraphDef for ``units`` given calibrated ``ranges`` (tensor -> (min, max))."""
-    return _Rewriter(graph_def, ranges, options).run(units, outputs)
+    """(the int8 GraphDef for ``units`` given calibrated ``ranges`` (tensor -> (min, max)), the units as emitted).
 
-
-def emitted_units(graph_def, units: list[Unit], ranges: dict, outputs, options: RewriteOptions = RewriteOptions()):
-    """``units`` as the rewrite emits them: those the kernels cannot run left out, and a residual Add the
-    kernels cannot fuse left to fp32 (``Unit.without_sum``)."""
+    The emitted units leave out those the kernels cannot run, and a residual Add the kernels cannot fuse
+    goes back to fp32 (``Unit.without_sum``).
+    """
     rewriter = _Rewriter(graph_def, ranges, options)
-    rewriter.run(units, outputs)
-    return rewriter.emitted
+    return rewriter.run(units, outputs), rewriter.emitted
 
 
 class _Rewriter:

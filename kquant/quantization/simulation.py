@@ -18,13 +18,13 @@ from tensorflow.python.framework import tensor_util
 from kquant.quantization.rewrite import (
     _quantize_weights,
     dequantized_weights,
-    emitted_units,
+    rewrite_graph,
 )
 
 
 def simulated_graph_def(fp32, units, ranges):
     """``fp32`` (a FrozenGraph) with int8-rounded weights and FakeQuant on every tensor ``units`` quantize."""
-    units = emitted_units(fp32.graph_def, units, ranges, fp32.output_names)  # residual sums as the rewrite fuses them
+    _, units = rewrite_graph(fp32.graph_def, units, ranges, fp32.output_names)  # residual sums as the rewrite fuses them
     graph_def = copy.deepcopy(fp32.graph_def)
     nodes = {n.name: n for n in graph_def.node}
     weighted = [u for u in units if u.kind in ("conv", "matmul")]
