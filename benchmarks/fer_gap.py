@@ -5,14 +5,19 @@
 Two folds of scikit-image's 200 LFW faces (calibrate on one half, evaluate on the other). For each:
 - "exact 8-bit": `kquant.quantization.simulation` on kquant's plan and calibrated ranges: int8-rounded
   weights and an asymmetric FakeQuant at every quantized tensor, i.e. exact rounding, no kernel effects;
-- "kquant int8": kquant.quantize with its defaults;
-- "kquant int8, stem fp32": the same with the first convolution (the one reading the image) kept fp32.
+- "kquant int8": kquant.quantize with its defaults, which keep the image stem (the convolution reading the
+  image) fp32;
+- "kquant int8, stem int8": the same with the stem quantized too (``stem="int8"``).
 Printed: top-1 agreement with the fp32 Keras model and the SNR of the softmax outputs; then, per fold,
 how many held-out faces the fp32 model itself barely decides (top-1 minus top-2 probability below the
-median of kquant's largest per-face softmax error), the faces 8-bit noise can flip.
+median of kquant's largest per-face softmax error), the faces 8-bit noise can flip. Last, on the
+first fold with every convolution planned int8 (the stem too): the output SNR when only one activation
+tensor is rounded (weights fp32), for the five costliest, and when all are: which rounding costs most.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 
@@ -22,6 +27,8 @@ from kquant.quantization import pipeline
 from kquant.quantization.simulation import simulated_graph_def
 from kquant.runtime import GraphRunner
 
+COSTLIEST = 5
+
 
 def main():
     import keras
@@ -30,8 +37,7 @@ def main():
     path = datasets.fer_model_path()
     reference = keras.models.load_model(path, compile=False).predict(faces, verbose=0)
     fp32 = pipeline.optimize(kquant.freeze(path))
-    units = pipeline.plan(fp32)
-    stem = next(u for u in units if u.kind == "conv").output
+    units = pipeline.plan(fp32, excluded_nodes=pipeline.fp32_stems(fp32))
     print(f"{'fold':22s} {'variant':28s} agreement  output SNR (dB)")
     for name, calib, held in (("calibrate 0-99", slice(0, 100), slice(100, 200)),
                               ("calibrate 100-199", slice(100, 200), slice(0, 100))):
@@ -39,8 +45,7 @@ def main():
         with GraphRunner(simulated_graph_def(fp32, units, ranges), fp32.input_names, fp32.output_names) as run:
             results = {"exact 8-bit (simulation)": run(faces[held])[0]}
         results["kquant int8"] = kquant.quantize(path, faces[calib], progress=False).predict(faces[held])
-        results["kquant int8, stem fp32"] = kquant.quantize(
-            path, faces[calib], excluded_nodes=[stem], progress=False).predict(faces[held])
+        results["kquant int8, stem int8"] = kquant.quantize(path, faces[calib], stem="int8", progress=False).predict(faces[held])
         want = reference[held]
         for variant, got in results.items():
             agreement = np.mean(got.argmax(1) == want.argmax(1))
@@ -50,6 +55,38 @@ def main():
         error = np.median(np.abs(results["kquant int8"] - want).max(axis=1))
         print(f"{name:22s} {np.sum(top2[:, 1] - top2[:, 0] < error)} of {len(want)} faces have an fp32 margin under "
               f"kquant's median softmax error ({error:.3f})")
+    every = pipeline.plan(fp32)
+    ranges = pipeline.calibrate(fp32, every, faces[:100], progress=False)
+    simulated = simulated_graph_def(fp32, every, ranges)
+    roundings = [n.name for n in simulated.node if n.op == "FakeQuantWithMinMaxArgs"]
+    want = reference[100:]
+
+    def snr_rounding(kept):
+        with GraphRunner(only_rounding(simulated, fp32.graph_def, kept), fp32.input_names, fp32.output_names) as run:
+            got = run(faces[100:])[0]
+        return 10 * np.log10(np.mean(want ** 2) / np.mean((got - want) ** 2))
+
+    costs = sorted((snr_rounding({r}), r.removesuffix("/fake_quant")) for r in roundings)
+    print(f"\noutput SNR (dB) on faces 100-199, weights fp32, stem int8; all {len(roundings)} activation roundings: "
+          f"{snr_rounding(set(roundings)):.1f}; only one:")
+    for snr, tensor in costs[:COSTLIEST]:
+        print(f"  {snr:5.1f}  {tensor}")
+
+
+def only_rounding(simulated, fp32_graph_def, kept):
+    """The simulation with fp32 weights and only the FakeQuant nodes named in ``kept`` (the others pass through)."""
+    from tensorflow.core.framework import types_pb2  # imported after kquant, which turns oneDNN on first
+
+    graph_def = copy.deepcopy(simulated)
+    weights = {n.name: n for n in fp32_graph_def.node if n.op == "Const"}
+    for node in graph_def.node:
+        if node.name in weights:
+            node.CopyFrom(weights[node.name])
+        elif node.op == "FakeQuantWithMinMaxArgs" and node.name not in kept:
+            node.op = "Identity"
+            node.ClearField("attr")
+            node.attr["T"].type = types_pb2.DT_FLOAT
+    return graph_def
 
 
 if __name__ == "__main__":

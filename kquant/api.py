@@ -22,12 +22,15 @@ INT8_OP_PREFIXES = ("Quantize", "Dequantize", "_FusedQuantized", "_Quantized")
 def quantize(model, calibration_data, *, inputs=None, outputs=None, per_channel=True, calibration="minmax",
              excluded_ops=(), excluded_nodes=(), batch_size=DEFAULT_BATCH_SIZE, progress=True,
              calibration_options=None, signature=None, input_shapes=None, eval_fn=None, max_accuracy_drop=0.01,
-             relative=True, max_trials=20, fallback="fp32", kernels="onednn") -> "QuantizedModel":
+             relative=True, max_trials=20, fallback="fp32", kernels="onednn", stem="fp32") -> "QuantizedModel":
     """Quantize ``model`` (any form ``kquant.freeze`` accepts) to int8, calibrating on ``calibration_data``.
 
     ``calibration_data``: an array, a list/tuple of arrays (one per input), a dict name -> array,
     a ``tf.data.Dataset`` or any iterable of batches. ``calibration``: "minmax", "percentile" or "kl".
     ``kernels``: "onednn" (the fused internal ops, fastest) or "public" (the public Quantized* ops).
+    ``stem``: "fp32" (default) keeps the image stem out of int8: a convolution with at most 4 input channels
+    reading the model input (through no other conv or matmul), whose input rounding costs the most accuracy;
+    "int8" quantizes it too.
 
     Accuracy-aware: with ``eval_fn(predict) -> float`` (higher is better; ``predict(x)`` runs a
     candidate graph), kquant evaluates fp32 and int8 and, while the drop exceeds
@@ -45,7 +48,7 @@ def quantize(model, calibration_data, *, inputs=None, outputs=None, per_channel=
                              excluded_ops=excluded_ops, excluded_nodes=excluded_nodes, batch_size=batch_size,
                              progress=progress, calibration_options=calibration_options, eval_fn=eval_fn,
                              max_accuracy_drop=max_accuracy_drop, relative=relative, max_trials=max_trials,
-                             fallback=fallback, kernels=kernels)
+                             fallback=fallback, kernels=kernels, stem=stem)
     return QuantizedModel(result)
 
 
@@ -135,6 +138,7 @@ class QuantizedModel:
         lines = [
             f"int8 units: {sum(kinds.values())} (" + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + ")",
             "int8 ops: " + ", ".join(f"{n} {op}" for op, n in sorted(int8.items())),
+            *([f"fp32 image stem: {', '.join(self.result.stems)}"] if self.result.stems else []),
             str(summarize_graph(self.graph_def)),
         ]
         return "\n".join(lines)

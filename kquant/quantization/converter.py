@@ -8,7 +8,14 @@ from kquant.converters import freeze
 from kquant.errors import CalibrationDataError
 from kquant.graph import check_output_is_not_input, node_name
 from kquant.quantization.calibration import read_min_max_log
-from kquant.quantization.pipeline import calibrate, optimize, plan, quantize_frozen, tensors_to_calibrate
+from kquant.quantization.pipeline import (
+    calibrate,
+    fp32_stems,
+    optimize,
+    plan,
+    quantize_frozen,
+    tensors_to_calibrate,
+)
 
 SEED_LOG_SUFFIXES = ("_eightbit_requant_range", "_requant_range", "__print__")
 
@@ -22,7 +29,7 @@ class GraphConverter:
     """
 
     def __init__(self, input_graph, output_graph, inputs, outputs, excluded_ops=None, excluded_nodes=None,
-                 per_channel=False, *, signature=None):
+                 per_channel=False, *, signature=None, stem="fp32"):
         self.input_graph = input_graph
         self.output_graph = output_graph
         self.inputs = list(inputs or [])
@@ -31,6 +38,7 @@ class GraphConverter:
         self.excluded_nodes = list(excluded_nodes or [])
         self.per_channel = per_channel
         self.signature = signature
+        self.stem = stem
 
     def convert(self, calibration_data=None, *, calibration="minmax", min_max_log=None, batch_size=64, progress=True):
         """Freeze, optimize, calibrate, rewrite and write ``output_graph``; returns the QuantizedModel."""
@@ -50,7 +58,7 @@ class GraphConverter:
             raise CalibrationDataError("GraphConverter.convert needs calibration data (or a min_max_log); pass one")
         result = quantize_frozen(frozen, data, per_channel=self.per_channel, calibration=calibration,
                                  excluded_ops=self.excluded_ops, excluded_nodes=self.excluded_nodes,
-                                 batch_size=batch_size, progress=progress, ranges=ranges)
+                                 batch_size=batch_size, progress=progress, ranges=ranges, stem=self.stem)
         model = QuantizedModel(result)
         if self.output_graph:
             model.save(self.output_graph)
@@ -61,7 +69,8 @@ class GraphConverter:
     def _ranges_with_log(self, frozen, data, log, calibration, batch_size, progress) -> dict:
         """Ranges from the log for the units it names; the rest (e.g. fp32 -> int8 inputs) calibrated from data."""
         fp32 = optimize(frozen)
-        units = plan(fp32, self.excluded_ops, self.excluded_nodes)
+        excluded_nodes = self.excluded_nodes + list(fp32_stems(fp32, self.excluded_ops, self.excluded_nodes, self.stem))
+        units = plan(fp32, self.excluded_ops, excluded_nodes)
         logged = ranges_from_log(read_min_max_log(log) if isinstance(log, (str, os.PathLike)) else log, units)
         missing = [t for t in tensors_to_calibrate(units) if t not in logged]
         if missing and data is None:

@@ -14,6 +14,8 @@ from kquant.graph import consumers, is_control_input, node_name
 
 ACTIVATIONS = {"conv": ("Relu", "Relu6"), "matmul": ("Relu",)}
 PASS_THROUGH_OPS = ("MaxPool", "AvgPool", "Reshape")
+WEIGHTED_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul")
+STEM_MAX_CHANNELS = 4  # grayscale, RGB or RGBA images
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,35 @@ def find_units(graph_def, excluded_ops=(), excluded_nodes=()) -> list[Unit]:
         produced.add(unit.output_tensor)
         claimed.update(unit.nodes)
     return units
+
+
+def stem_convs(graph_def, units) -> list[str]:
+    """Anchors of the image stems among ``units``: convolutions with at most ``STEM_MAX_CHANNELS`` input channels
+    that read the model input directly or through ops other than convolutions and matmuls (a Rescaling, a Pad)."""
+    nodes = {n.name: n for n in graph_def.node}
+    stems = []
+    for unit in units:
+        if unit.kind == "conv" and _input_channels(nodes[unit.weights]) <= STEM_MAX_CHANNELS \
+                and not _has_weighted_ancestor(node_name(unit.data_input), nodes):
+            stems.append(unit.anchor)
+    return stems
+
+
+def _has_weighted_ancestor(name, nodes) -> bool:
+    seen, stack = set(), [name]
+    while stack:
+        node = nodes.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        if node.op in WEIGHTED_OPS:
+            return True
+        seen.add(node.name)
+        stack.extend(node_name(i) for i in node.input)
+    return False
+
+
+def _input_channels(weights) -> int:
+    return weights.attr["value"].tensor.tensor_shape.dim[2].size  # HWIO, and HWIM for depthwise filters
 
 
 def _conv_unit(node, nodes, readers, produced):

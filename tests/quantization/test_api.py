@@ -39,7 +39,7 @@ def keras3_model():
 
 @pytest.fixture(scope="module")
 def keras3_int8(keras3_model, images):
-    return kquant.quantize(keras3_model, images[:64], progress=False)
+    return kquant.quantize(keras3_model, images[:64], stem="int8", progress=False)  # every conv in int8
 
 
 def close_in_steps(got, ref, steps=6):
@@ -54,13 +54,17 @@ def test_keras3_model_quantizes_and_tracks_fp32_on_unseen_data(keras3_model, ker
     assert ops["_FusedQuantizedConv2D"] == 1 and ops["_FusedQuantizedDepthwiseConv2D"] == 1 and ops["_QuantizedMatMul"] == 2
 
 
-def test_tf_keras_model_quantizes(images):
+def test_tf_keras_model_quantizes_with_its_image_stem_kept_fp32(images):
     import tf_keras
 
     model = small_cnn(tf_keras)
     qmodel = kquant.quantize(model, images[:64], progress=False)
     assert close_in_steps(qmodel.predict(images[64:]), model.predict(images[64:], verbose=0))
-    assert qmodel.op_counts()["_FusedQuantizedConv2D"] == 1
+    ops = qmodel.op_counts()
+    assert ops.get("_FusedQuantizedConv2D", 0) == 0 and ops["Conv2D"] == 1
+    assert ops["_FusedQuantizedDepthwiseConv2D"] == 1 and ops["_QuantizedMatMul"] == 2
+    assert qmodel.result.stems == (next(n.name for n in qmodel.graph_def.node if n.op == "Conv2D"),)
+    assert "fp32 image stem: " in qmodel.summary()
 
 
 def test_dynamic_batch_dimension(keras3_model, keras3_int8, images):
@@ -154,18 +158,18 @@ def test_calibration_methods_and_per_channel_switch(keras3_model, images):
     for method in ("minmax", "percentile", "kl"):
         qmodel = kquant.quantize(keras3_model, images[:64], calibration=method, progress=False)
         assert close_in_steps(qmodel.predict(images[64:]), keras3_model.predict(images[64:], verbose=0), steps=12), method
-    per_tensor = kquant.quantize(keras3_model, images[:64], per_channel=False, progress=False)
+    per_tensor = kquant.quantize(keras3_model, images[:64], per_channel=False, stem="int8", progress=False)
     conv = next(n for n in per_tensor.graph_def.node if n.op == "_FusedQuantizedConv2D")
     min_filter = next(n for n in per_tensor.graph_def.node if n.name == conv.input[5])
     assert len(min_filter.attr["value"].tensor.tensor_shape.dim) == 0
 
 
 def test_excluded_ops_and_nodes_stay_fp32(keras3_model, images):
-    qmodel = kquant.quantize(keras3_model, images[:64], excluded_ops=["MatMul"], progress=False)
+    qmodel = kquant.quantize(keras3_model, images[:64], excluded_ops=["MatMul"], stem="int8", progress=False)
     ops = qmodel.op_counts()
     assert ops.get("_QuantizedMatMul", 0) == 0 and ops["MatMul"] == 2 and ops["_FusedQuantizedConv2D"] == 1
     conv = next(u for u in qmodel.result.units if u.kind == "conv")
-    kept = kquant.quantize(keras3_model, images[:64], excluded_nodes=[conv.anchor], progress=False)
+    kept = kquant.quantize(keras3_model, images[:64], excluded_nodes=[conv.anchor], stem="int8", progress=False)
     assert kept.op_counts().get("_FusedQuantizedConv2D", 0) == 0
 
 
@@ -194,13 +198,13 @@ def test_bad_calibration_data_is_named(keras3_model, bad, message):
 def test_graph_converter_with_callable_and_seed_log(keras3_model, images, tmp_path):
     fp32_path = kquant.freeze(keras3_model).save(tmp_path / "fp32.pb")
     out = tmp_path / "int8.pb"
-    converter = kquant.GraphConverter(str(fp32_path), str(out), ["image"], None, per_channel=True)
+    converter = kquant.GraphConverter(str(fp32_path), str(out), ["image"], None, per_channel=True, stem="int8")
     qmodel = converter.convert(lambda: (images[i:i + 16] for i in range(0, 64, 16)), progress=False)
     assert out.exists() and qmodel.op_counts()["_FusedQuantizedConv2D"] == 1
     conv = next(u for u in qmodel.result.units if u.kind == "conv")
     log = tmp_path / "min_max_log.txt"
     log.write_text(f";{conv.anchor}_eightbit_requant_range__print__;__requant_min_max:[0][0.5]\n")
-    logged = kquant.GraphConverter(str(fp32_path), str(tmp_path / "logged.pb"), ["image"], None).convert(
+    logged = kquant.GraphConverter(str(fp32_path), str(tmp_path / "logged.pb"), ["image"], None, stem="int8").convert(
         images[:64], min_max_log=str(log), progress=False)
     nodes = {n.name: n for n in logged.graph_def.node}
     max_output = nodes[nodes[f"{conv.output}_int8"].input[8]]  # inputs: x, filter, bias, 4 ranges, min/max output
@@ -214,7 +218,7 @@ def test_cli_quantize_writes_graph_and_savedmodel(keras3_model, images, tmp_path
     keras3_model.save(model_path)
     np.save(tmp_path / "calib.npy", images[:32])
     code = main(["quantize", str(model_path), "--calib", str(tmp_path / "calib.npy"), "-o", str(tmp_path / "q.pb"),
-                 "--export", str(tmp_path / "q_saved"), "--calibration", "percentile", "--no-progress"])
+                 "--export", str(tmp_path / "q_saved"), "--calibration", "percentile", "--stem", "int8", "--no-progress"])
     assert code == 0
     assert "_FusedQuantizedConv2D" in capsys.readouterr().out
     assert (tmp_path / "q.pb").stat().st_size > 0 and (tmp_path / "q_saved" / "saved_model.pb").exists()
@@ -224,7 +228,7 @@ def test_cli_quantize_writes_graph_and_savedmodel(keras3_model, images, tmp_path
 
 
 def test_public_kernels_path(keras3_model, images):
-    qmodel = kquant.quantize(keras3_model, images[:64], kernels="public", progress=False)
+    qmodel = kquant.quantize(keras3_model, images[:64], kernels="public", stem="int8", progress=False)
     ops = qmodel.op_counts()
     assert ops.get("_FusedQuantizedConv2D", 0) == 0 and ops.get("_QuantizedMatMul", 0) == 0
     assert ops["QuantizedMatMulWithBiasAndReluAndRequantize"] == 1 and ops["QuantizedMatMulWithBiasAndDequantize"] == 1
@@ -242,7 +246,7 @@ def test_pad_before_conv_becomes_explicit_padding_of_the_int8_conv():
                               keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.ZeroPadding2D(((1, 0), (0, 1))),
                               keras.layers.Conv2D(4, 3)])
     x = np.random.default_rng(0).random((40, 12, 12, 3), dtype=np.float32)
-    qmodel = kquant.quantize(model, x[:32], progress=False)
+    qmodel = kquant.quantize(model, x[:32], stem="int8", progress=False)
     ops = qmodel.op_counts()
     assert ops["_FusedQuantizedConv2D"] == 2 and "Pad" not in ops
     assert close_in_steps(qmodel.predict(x[32:]), model.predict(x[32:], verbose=0))

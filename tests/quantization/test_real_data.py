@@ -3,7 +3,6 @@
 import collections
 
 import numpy as np
-import pytest
 
 import kquant
 from kquant import datasets
@@ -23,9 +22,8 @@ def test_fashion_cnn_int8_within_half_a_point_of_fp32_on_10k_test_images(fashion
 
 def test_fashion_cnn_graph_holds_fused_int8_ops_and_no_requantize_round_trips(fashion_int8):
     ops = collections.Counter(n.op for n in fashion_int8.graph_def.node)
-    assert ops["_FusedQuantizedConv2D"] == 3
-    assert ops["_QuantizedMatMul"] == 2
-    assert ops["Conv2D"] == 0 and ops["MatMul"] == 0
+    assert ops["_FusedQuantizedConv2D"] == 2 and ops["Conv2D"] == 1  # the stem, reading the image, stays fp32
+    assert ops["_QuantizedMatMul"] == 2 and ops["MatMul"] == 0
     by_name = {n.name: n for n in fashion_int8.graph_def.node}
     for node in fashion_int8.graph_def.node:
         if node.op == "QuantizeV2":
@@ -49,7 +47,6 @@ def test_wide_deep_int8_within_half_a_point_of_fp32(wide_deep):
     assert collections.Counter(n.op for n in qmodel.graph_def.node)["_QuantizedMatMul"] >= 4
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: 96 % measured here, as TFLite; an exact 8-bit simulation gives 95 % (issue 4 stays open)")
 def test_fer_model_top1_agreement_at_least_97_percent_on_faces_not_used_for_calibration(faces, fer_int8):
     import keras
 
@@ -57,6 +54,20 @@ def test_fer_model_top1_agreement_at_least_97_percent_on_faces_not_used_for_cali
     held_out = faces[100:]
     agreement = np.mean(reference.predict(held_out, verbose=0).argmax(1) == fer_int8.predict(held_out).argmax(1))
     assert agreement >= 0.97, agreement
+
+
+def test_fer_image_stem_kept_fp32_lowers_the_output_error_on_unseen_faces(faces, fer_int8):
+    """The default keeps fer's stem conv fp32: its 1-channel input's rounding is the largest single error."""
+    import keras
+
+    reference = keras.models.load_model(datasets.fer_model_path(), compile=False).predict(faces[100:], verbose=0)
+    every = kquant.quantize(datasets.fer_model_path(), faces[:100], stem="int8", progress=False)
+
+    def snr(got):
+        return 10 * np.log10(np.mean(reference ** 2) / np.mean((got - reference) ** 2))
+
+    assert len(fer_int8.result.stems) == 1 and every.result.stems == ()
+    assert snr(fer_int8.predict(faces[100:])) >= snr(every.predict(faces[100:])) + 1.5  # measured 23.9 vs 20.9 dB
 
 
 def test_fer_int8_graph_holds_quantized_convs_and_its_file_is_at_most_035_of_the_frozen_fp32_one(fer_int8, tmp_path):

@@ -322,7 +322,7 @@ def test_unsupported_ops_between_convs_stay_fp32_and_the_convs_quantize():
         layers.Conv2D(4, 3, padding="same", activation="relu"), layers.GlobalAveragePooling2D(), layers.Dense(3),
     ])
     x = np.random.default_rng(0).random((48, 10, 10, 3), dtype=np.float32)
-    qmodel = kquant.quantize(model, x[:32], progress=False)
+    qmodel = kquant.quantize(model, x[:32], stem="int8", progress=False)
     ops = qmodel.op_counts()
     assert ops["_FusedQuantizedConv2D"] == 3
     assert ops["Tanh"] == 1 and ops["Sigmoid"] == 1

@@ -45,7 +45,7 @@ def _inputs(kind: str, shape) -> np.ndarray:
 
 
 def relative_error(model, x, method="minmax") -> float:
-    qmodel = kquant.quantize(model, x, calibration=method, progress=False)
+    qmodel = kquant.quantize(model, x, calibration=method, stem="int8", progress=False)  # the convs' int8 numerics
     got, want = qmodel.predict(x), model.predict(x, verbose=0)
     assert np.isfinite(got).all()
     scale = np.abs(want).max()
@@ -73,7 +73,7 @@ def test_int8_error_does_not_depend_on_the_scale_of_the_values(name, models):
 
 
 def test_quantize_v2_does_not_widen_small_ranges(models):
-    qmodel = kquant.quantize(models["conv"], _inputs("tiny", (8, 8, 3)), progress=False)
+    qmodel = kquant.quantize(models["conv"], _inputs("tiny", (8, 8, 3)), stem="int8", progress=False)
     quantize = [node for node in qmodel.graph_def.node if node.op == "QuantizeV2"]
     assert quantize and all(node.attr["ensure_minimum_range"].f == 0.0 for node in quantize)
 
@@ -91,7 +91,7 @@ def test_all_zero_activations_between_two_convs():
                         np.array([0.25, -1.5, 3.0], np.float32)])
     x = -np.random.default_rng(1).random((8, 6, 6, 2), dtype=np.float32)  # negative inputs: the ReLU gives zeros
     for method in METHODS:
-        qmodel = kquant.quantize(model, x, calibration=method, progress=False)
+        qmodel = kquant.quantize(model, x, calibration=method, stem="int8", progress=False)
         assert qmodel.op_counts()["_FusedQuantizedConv2D"] == 2
         got = qmodel.predict(x)
         assert np.isfinite(got).all()
