@@ -75,7 +75,8 @@ def main():
 
 def only_rounding(simulated, fp32_graph_def, kept):
     """The simulation with fp32 weights and only the FakeQuant nodes named in ``kept`` (the others pass through)."""
-    from tensorflow.core.framework import types_pb2  # imported after kquant, which turns oneDNN on first
+    # imported here, after kquant, which turns oneDNN on before TensorFlow loads
+    from tensorflow.core.framework import types_pb2
 
     graph_def = copy.deepcopy(simulated)
     weights = {n.name: n for n in fp32_graph_def.node if n.op == "Const"}

@@ -91,7 +91,7 @@ def ranges_from_log(log_ranges: dict, units) -> dict:
     for key, value in log_ranges.items():
         name = node_name(key)
         for suffix in SEED_LOG_SUFFIXES:
-            name = name[: -len(suffix)] if name.endswith(suffix) else name
+            name = name.removesuffix(suffix)
         if name in by_node:
             ranges[by_node[name]] = value
     return ranges
