@@ -1,4 +1,4 @@
-"""Per-layer report: for each unit, the range used, its output error against fp32, and whether it fell back."""
+"""Per-layer report: for each unit, the range used, its output error against fp32, and whether it was kept fp32."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class LayerRow:
     range: tuple
     snr_db: float          # output signal-to-noise ratio of the int8 graph against fp32, on calibration data
     relative_error: float  # max |int8 - fp32| / max |fp32|
-    fell_back: bool
+    fell_back: bool        # kept fp32: by accuracy-aware tuning, or as the image stem
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,6 +72,10 @@ def test_quantize_keeps_the_stem_fp32_by_default_and_stem_int8_quantizes_it():
     nodes = {n.name: n for n in default.graph_def.node}
     stem = nodes[default.result.stems[0]]
     assert nodes[node_name(stem.input[0])].op == "Placeholder"  # the image goes to the fp32 stem unrounded
+    rows = {row.node: row for row in default.report().rows}
+    stem_row = next(row for row in rows.values() if row.op == "Conv2D" and row.fell_back)
+    assert [row.fell_back for row in rows.values()].count(True) == 1 and stem_row.snr_db == float("inf")
+    assert not any(row.fell_back for row in every.report().rows)
     want = model.predict(x[32:], verbose=0)
     for qmodel in (default, every):
         got = qmodel.predict(x[32:])
