@@ -69,9 +69,10 @@ class GraphConverter:
     def _ranges_with_log(self, frozen, data, log, calibration, batch_size, progress) -> dict:
         """Ranges from the log for the units it names; the rest (e.g. fp32 -> int8 inputs) calibrated from data."""
         fp32 = optimize(frozen)
-        excluded_nodes = self.excluded_nodes + list(fp32_stems(fp32, self.excluded_ops, self.excluded_nodes, self.stem))
-        units = plan(fp32, self.excluded_ops, excluded_nodes)
-        logged = ranges_from_log(read_min_max_log(log) if isinstance(log, (str, os.PathLike)) else log, units)
+        logged_units = plan(fp32, self.excluded_ops, self.excluded_nodes)  # with the stems: the log names their ranges
+        logged = ranges_from_log(read_min_max_log(log) if isinstance(log, (str, os.PathLike)) else log, logged_units)
+        stems = fp32_stems(fp32, self.excluded_ops, self.excluded_nodes, self.stem)
+        units = plan(fp32, self.excluded_ops, self.excluded_nodes + list(stems))
         missing = [t for t in tensors_to_calibrate(units) if t not in logged]
         if missing and data is None:
             raise CalibrationDataError(

@@ -95,6 +95,19 @@ def test_graph_converter_and_cli_take_the_stem_choice(tmp_path):
     assert written.count("_FusedQuantizedConv2D") == 1 and written.count("Conv2D") == 1  # default: stem fp32
 
 
+def test_a_seed_log_range_for_the_stem_conv_becomes_the_range_its_fp32_output_is_quantized_with(tmp_path):
+    path = kquant.freeze(stem_cnn()).save(tmp_path / "fp32.pb")
+    fp32 = optimize(kquant.freeze(path))
+    stem = plan(fp32)[0]
+    log = tmp_path / "min_max_log.txt"
+    log.write_text(f";{stem.anchor}_eightbit_requant_range__print__;__requant_min_max:[0][0.5]\n")
+    x = np.random.default_rng(0).random((32, 12, 12, 1), dtype=np.float32)
+    qmodel = kquant.GraphConverter(str(path), None, None, None).convert(x, min_max_log=str(log), progress=False)
+    nodes = {n.name: n for n in qmodel.graph_def.node}
+    (entry,) = [n for n in qmodel.graph_def.node if n.op == "QuantizeV2" and node_name(n.input[0]) == stem.output]
+    assert nodes[node_name(entry.input[2])].attr["value"].tensor.float_val[0] == pytest.approx(0.5)
+
+
 def test_a_model_whose_only_conv_is_the_stem_comes_back_fp32_with_a_warning_naming_it():
     import keras
 
