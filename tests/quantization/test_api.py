@@ -338,5 +338,7 @@ def test_public_kernels_keep_a_matmul_fp32_when_its_input_is_signed_int8():
     model = keras.Sequential([keras.Input((8, 8, 3), name="image"), keras.layers.Conv2D(4, 3),  # no activation: signed
                               keras.layers.Flatten(), keras.layers.Dense(5)])
     x = np.random.default_rng(0).random((48, 8, 8, 3), dtype=np.float32)
-    qmodel = kquant.quantize(model, x[:32], kernels="public", progress=False)
+    qmodel = kquant.quantize(model, x[:32], kernels="public", stem="int8", progress=False)
+    ops = qmodel.op_counts()
+    assert ops["QuantizedConv2DWithBiasAndRequantize"] == 1 and ops["MatMul"] == 1 and "_QuantizedMatMul" not in ops
     assert close_in_steps(qmodel.predict(x[32:]), model.predict(x[32:], verbose=0))
