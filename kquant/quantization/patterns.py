@@ -22,7 +22,7 @@ STEM_MAX_CHANNELS = 4  # grayscale, RGB or RGBA images
 class Unit:
     """One future int8 op: its kind, anchor node, fused nodes, and the fp32 tensors it reads and writes."""
 
-    kind: str            # "conv", "matmul" or a pass-through op type
+    kind: str            # "conv", "matmul", "ConcatV2" or a pass-through op type
     anchor: str          # the Conv2D/MatMul/MaxPool/... node
     nodes: tuple         # every fp32 node the unit replaces, anchor first
     data_input: str      # the activation tensor it reads
@@ -32,6 +32,7 @@ class Unit:
     activation: str = ""  # "", "Relu" or (conv only) "Relu6"
     summand: str = ""    # conv only: the tensor a residual Add adds (before the ReLU, if any), fused as oneDNN's sum
     pre_sum: str = ""    # with a summand: the node holding conv + bias, before the Add
+    more_inputs: tuple = ()  # ConcatV2 only: the tensors it joins after data_input
 
     @property
     def output_tensor(self) -> str:
@@ -102,6 +103,15 @@ def _matmul_unit(node, nodes, readers, produced):
     if node.attr["transpose_a"].b or node.attr["transpose_b"].b:
         return None
     return _weighted_unit("matmul", node, nodes, readers, bias_ops=("BiasAdd", "Add", "AddV2"))
+
+
+def _concat_unit(node, nodes, readers, produced):
+    """A ConcatV2 of int8 unit outputs along a constant axis."""
+    *values, axis = node.input
+    if len(values) < 2 or nodes[node_name(axis)].op != "Const" or any(_tensor(v) not in produced for v in values):
+        return None
+    return Unit("ConcatV2", node.name, (node.name,), _tensor(values[0]), node.name,
+                more_inputs=tuple(_tensor(v) for v in values[1:]))
 
 
 def _pass_through_unit(node, nodes, readers, produced):
@@ -188,5 +198,6 @@ UNIT_BUILDERS = {
     "Conv2D": _conv_unit,
     "DepthwiseConv2dNative": _conv_unit,
     "MatMul": _matmul_unit,
+    "ConcatV2": _concat_unit,
     **{op: _pass_through_unit for op in PASS_THROUGH_OPS},
 }

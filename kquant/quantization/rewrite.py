@@ -74,15 +74,17 @@ class _Rewriter:
         self.new_nodes = []
         self.scopes = 0
         self.emitted: list[Unit] = []  # the units as emitted, in graph order
+        self.shapes: tf.Graph | None = None
 
     def run(self, units, outputs):
         order = {node.name: i for i, node in enumerate(topological_order(self.graph_def, self.nodes))}
         self.readers = {}
         for unit in units:
-            self.readers.setdefault(unit.data_input, []).append(unit)
+            for tensor in (unit.data_input, *unit.more_inputs):
+                self.readers.setdefault(tensor, []).append(unit)
             if unit.summand:
                 self.readers.setdefault(unit.summand, []).append(None)  # None: read as a summand
-        read_as_int8 = {u.data_input for u in units} | {u.summand for u in units if u.summand}
+        read_as_int8 = {t for u in units for t in (u.data_input, *u.more_inputs)} | {u.summand for u in units if u.summand}
         replaced = set()
         for unit in sorted(units, key=lambda u: order[u.output]):  # a summand's producer comes first
             if unit.summand and not self._sum_supported(unit):
@@ -107,6 +109,10 @@ class _Rewriter:
 
     def _supported(self, unit: Unit) -> bool:
         """Whether the chosen kernels can run ``unit``; the public ops need an unsigned input (and convs a plain padding)."""
+        if unit.kind == "ConcatV2":  # QuantizedConcat requantizes its inputs to the union of their ranges, read
+            sources = [self.quantized.get(t) for t in (unit.data_input, *unit.more_inputs)]  # as min + code * step
+            return (all(s is not None and s.dtype == tf.quint8 and s.shift is None for s in sources)
+                    and self._concat_axis(unit) is not None)
         if unit.kind not in ("conv", "matmul"):  # pools and reshapes only continue an int8 island
             source = self.quantized.get(unit.data_input)
             return source is not None and (unit.kind != "Reshape" or source.dtype == tf.quint8)  # no qint8 QuantizedReshape
@@ -174,6 +180,8 @@ class _Rewriter:
             return True
         if reader.kind == "conv":
             return not _pads(self.nodes[reader.anchor], _const_value(self.nodes[reader.weights]).shape)
+        if reader.kind == "ConcatV2":
+            return False
         return reader.kind == "matmul" or self._can_shift(reader.output_tensor)
 
     def _pair_safe(self, x: QTensor) -> bool:
@@ -307,6 +315,28 @@ class _Rewriter:
         self.new_nodes.append(op)
         return dataclasses.replace(x, tensor=f"{base}:0", min=f"{base}:1", max=f"{base}:2")  # a shift carries over
 
+    def _concat(self, unit: Unit) -> QTensor:
+        """``QuantizedConcat`` of unsigned int8 inputs: its output range is the union of theirs (here [0, max])."""
+        sources = [self.quantized[t] for t in (unit.data_input, *unit.more_inputs)]
+        base, k = f"{unit.output}_int8", self._const_scope()
+        self.new_nodes.extend([
+            N.const(f"{k}/axis", np.int32(self._concat_axis(unit))),
+            N.make_node("QuantizedConcat", base, [f"{k}/axis", *(s.tensor for s in sources), *(s.min for s in sources),
+                                                  *(s.max for s in sources)], N=len(sources), T=tf.quint8)])
+        return QTensor(f"{base}:0", f"{base}:1", f"{base}:2", tf.quint8)
+
+    def _concat_axis(self, unit: Unit) -> int | None:
+        """The ConcatV2's axis counted from the front (QuantizedConcat takes no negative one); None if the rank is unknown."""
+        axis = int(_const_value(self.nodes[node_name(self.nodes[unit.anchor].input[-1])]))
+        if axis >= 0:
+            return axis
+        if self.shapes is None:  # imported once, for TensorFlow's shape inference
+            self.shapes = tf.Graph()
+            with self.shapes.as_default():
+                tf.graph_util.import_graph_def(self.graph_def, name="")
+        rank = self.shapes.get_tensor_by_name(unit.output_tensor).shape.rank
+        return None if rank is None else axis + rank
+
     def _bias(self, unit: Unit, channels: int) -> np.ndarray:
         if not unit.bias:
             return np.zeros(channels, np.float32)
@@ -314,7 +344,7 @@ class _Rewriter:
 
 
 _EMITTERS = {"conv": _Rewriter._conv, "matmul": _Rewriter._matmul, "MaxPool": _Rewriter._pass_through,
-             "AvgPool": _Rewriter._pass_through, "Reshape": _Rewriter._pass_through}
+             "AvgPool": _Rewriter._pass_through, "Reshape": _Rewriter._pass_through, "ConcatV2": _Rewriter._concat}
 
 
 def _quantize_weights(weights: np.ndarray, per_channel: bool, depthwise: bool, pair_safe: bool = False):

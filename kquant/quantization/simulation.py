@@ -2,7 +2,8 @@
 
 The fp32 graph with every quantized weight replaced by its int8 value (per channel for convolutions,
 as the rewrite quantizes it, without the pair-safe scaling) and an asymmetric 8-bit FakeQuant (TFLite's
-scheme) at every tensor the int8 graph rounds, using the calibrated ranges. What the plan costs with
+scheme) at every tensor the int8 graph rounds, using the calibrated ranges (a ConcatV2's output: the union of
+its inputs' ranges, onto which QuantizedConcat requantizes them). What the plan costs with
 exact rounding and no kernel effects; `benchmarks/fer_gap.py` and the random-architecture tests compare
 kquant's int8 output with it.
 """
@@ -36,13 +37,18 @@ def simulated_graph_def(fp32, units, ranges):
         channels = weights.shape[2] * weights.shape[3] if depthwise else weights.shape[-1]
         exact = dequantized_weights(q, w_max, channels).reshape(weights.shape).astype(np.float32)
         node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(exact))
-    read_as_int8 = {u.data_input for u in units} | {u.summand for u in units if u.summand}
+    read_as_int8 = {t for u in units for t in (u.data_input, *u.more_inputs)} | {u.summand for u in units if u.summand}
     # a MatMul read only by fp32 ops dequantizes in its kernel, unrounded
     rounded = [u.output_tensor for u in weighted if u.kind == "conv" or u.output_tensor in read_as_int8]
     # MaxPool and Reshape pass their input's codes on; AvgPool's mean is rounded to its own range here
     on_a_grid = set(rounded) | {u.output_tensor for u in units if u.kind in ("MaxPool", "Reshape")}
     entering = [u.data_input for u in weighted] + [u.summand for u in weighted if u.summand]
     points = rounded + [t for t in entering if t not in on_a_grid]
+    ranges = dict(ranges)
+    for unit in units:
+        if unit.kind == "ConcatV2":  # QuantizedConcat rounds each input onto the union of their ranges
+            ranges[unit.output_tensor] = (0.0, max(ranges[t][1] for t in (unit.data_input, *unit.more_inputs)))
+            points.append(unit.output_tensor)
     for tensor in dict.fromkeys(points):
         low, high = ranges[tensor]
         name = tensor.split(":")[0]

@@ -342,3 +342,43 @@ def test_public_kernels_keep_a_matmul_fp32_when_its_input_is_signed_int8():
     ops = qmodel.op_counts()
     assert ops["QuantizedConv2DWithBiasAndRequantize"] == 1 and ops["MatMul"] == 1 and "_QuantizedMatMul" not in ops
     assert close_in_steps(qmodel.predict(x[32:]), model.predict(x[32:], verbose=0))
+
+
+def fire_module(branch_activation="relu", axis=-1):
+    """SqueezeNet's fire module: a 1x1 squeeze, 1x1 and 3x3 expands concatenated, then pooling and a 3x3 conv."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 8), name="x")
+    squeeze = keras.layers.Conv2D(6, 1, activation="relu")(inputs)
+    left = keras.layers.Conv2D(8, 1, activation="relu")(squeeze)
+    right = keras.layers.Conv2D(8, 3, padding="same", activation=branch_activation)(squeeze)
+    joined = keras.layers.MaxPooling2D()(keras.layers.Concatenate(axis=axis)([left, right]))
+    outputs = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(joined)
+    return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(outputs)))
+
+
+@pytest.mark.parametrize("axis", [-1, 3, 1])
+def test_concat_of_int8_outputs_runs_as_quantized_concat_with_no_fp32_round_trip(axis):
+    model = fire_module(axis=axis)
+    x = np.random.default_rng(0).normal(0.2, 1.0, (64, 12, 12, 8)).astype(np.float32)
+    qmodel = kquant.quantize(model, x[:32], progress=False)
+    ops = qmodel.op_counts()
+    assert ops["QuantizedConcat"] == 1 and "ConcatV2" not in ops and "Dequantize" not in ops and ops["QuantizeV2"] == 1
+    want = model.predict(x[32:], verbose=0)
+    assert close_in_steps(qmodel.predict(x[32:]), want)
+    int8, simulated = error_against_simulation(model, qmodel, x[:32], x[32:])
+    assert int8 <= 2.0 * simulated, (int8, simulated)
+    kept = kquant.quantize(model, x[:32], excluded_ops=["ConcatV2"], progress=False)
+    assert kept.op_counts()["ConcatV2"] == 1 and kept.op_counts()["Dequantize"] == 2
+    # QuantizedConcat requantizes onto the union of its inputs' ranges, as QuantizeV2 did after the fp32 concat
+    np.testing.assert_allclose(qmodel.predict(x[32:]), kept.predict(x[32:]), atol=2 * np.abs(want).max() / 255)
+
+
+def test_concat_with_a_signed_input_stays_fp32_and_its_int8_neighbours_still_quantize():
+    model = fire_module(branch_activation=None)  # the 3x3 expand is signed: QuantizedConcat reads codes as unsigned
+    x = np.random.default_rng(0).normal(0.2, 1.0, (64, 12, 12, 8)).astype(np.float32)
+    qmodel = kquant.quantize(model, x[:32], progress=False)
+    ops = qmodel.op_counts()
+    assert ops["ConcatV2"] == 1 and "QuantizedConcat" not in ops and ops["_FusedQuantizedConv2D"] == 4
+    assert close_in_steps(qmodel.predict(x[32:]), model.predict(x[32:], verbose=0))
