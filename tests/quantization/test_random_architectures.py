@@ -96,17 +96,6 @@ def residual_net(keras, rng, channels=8):
     return keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(x)))
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_random_residual_net_int8_tracks_fp32(seed):
-    import keras
-
-    rng = np.random.default_rng(seed)
-    keras.utils.set_random_seed(seed)
-    model = residual_net(keras, rng)
-    x = rng.normal(0.2, 1.0, (48, 12, 12, 6)).astype(np.float32)
-    assert_tracks_exact_8bit(model, x)
-
-
 def concat_net(keras, rng, channels=6):
     """A conv stem, 1-2 fire modules (two or three branches, each 1x1 or 3x3, with or without a ReLU, joined by a
     Concatenate, sometimes pooled), a random reader: QuantizedConcat where every branch is unsigned, else fp32."""
@@ -123,12 +112,12 @@ def concat_net(keras, rng, channels=6):
     return keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(x)))
 
 
-@pytest.mark.parametrize("seed", range(10))
-def test_random_concat_net_int8_tracks_fp32(seed):
+@pytest.mark.parametrize("builder, seed", [(residual_net, s) for s in range(20)] + [(concat_net, s) for s in range(10)])
+def test_random_branching_net_int8_tracks_fp32(builder, seed):
     import keras
 
     rng = np.random.default_rng(seed)
     keras.utils.set_random_seed(seed)
-    model = concat_net(keras, rng)
+    model = builder(keras, rng)
     x = rng.normal(0.2, 1.0, (48, 12, 12, 6)).astype(np.float32)
     assert_tracks_exact_8bit(model, x)
