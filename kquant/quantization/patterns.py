@@ -35,6 +35,11 @@ class Unit:
     more_inputs: tuple = ()  # ConcatV2 only: the tensors it joins after data_input
 
     @property
+    def data_inputs(self) -> tuple:
+        """The activation tensors it reads: ``data_input``, then (a ConcatV2's) ``more_inputs``."""
+        return (self.data_input, *self.more_inputs)
+
+    @property
     def output_tensor(self) -> str:
         return f"{self.output}:0"
 
@@ -64,6 +69,11 @@ def find_units(graph_def, excluded_ops=(), excluded_nodes=()) -> list[Unit]:
         produced.add(unit.output_tensor)
         claimed.update(unit.nodes)
     return units
+
+
+def tensors_read_as_int8(units) -> set[str]:
+    """Every tensor some unit reads in int8: the data inputs and the residual summands."""
+    return {t for u in units for t in u.data_inputs} | {u.summand for u in units if u.summand}
 
 
 def stem_convs(graph_def, units) -> list[str]:

@@ -19,7 +19,7 @@ from tensorflow.python.framework import tensor_util
 from kquant.graph import extract_sub_graph, node_name
 from kquant.quantization import nodes as N
 from kquant.quantization.calibration import MIN_RANGE_WIDTH
-from kquant.quantization.patterns import Unit, topological_order
+from kquant.quantization.patterns import Unit, tensors_read_as_int8, topological_order
 
 CONV_OP_NAMES = {"Conv2D": "_FusedQuantizedConv2D", "DepthwiseConv2dNative": "_FusedQuantizedDepthwiseConv2D"}
 CONV_ATTRS = ("strides", "padding", "dilations", "explicit_paddings", "data_format")
@@ -80,11 +80,11 @@ class _Rewriter:
         order = {node.name: i for i, node in enumerate(topological_order(self.graph_def, self.nodes))}
         self.readers = {}
         for unit in units:
-            for tensor in (unit.data_input, *unit.more_inputs):
+            for tensor in unit.data_inputs:
                 self.readers.setdefault(tensor, []).append(unit)
             if unit.summand:
                 self.readers.setdefault(unit.summand, []).append(None)  # None: read as a summand
-        read_as_int8 = {t for u in units for t in (u.data_input, *u.more_inputs)} | {u.summand for u in units if u.summand}
+        read_as_int8 = tensors_read_as_int8(units)
         replaced = set()
         for unit in sorted(units, key=lambda u: order[u.output]):  # a summand's producer comes first
             if unit.summand and not self._sum_supported(unit):
@@ -110,7 +110,7 @@ class _Rewriter:
     def _supported(self, unit: Unit) -> bool:
         """Whether the chosen kernels can run ``unit``; the public ops need an unsigned input (and convs a plain padding)."""
         if unit.kind == "ConcatV2":  # QuantizedConcat requantizes its inputs to the union of their ranges, read
-            sources = [self.quantized.get(t) for t in (unit.data_input, *unit.more_inputs)]  # as min + code * step
+            sources = [self.quantized.get(t) for t in unit.data_inputs]  # as min + code * step
             return (all(s is not None and s.dtype == tf.quint8 and s.shift is None for s in sources)
                     and self._concat_axis(unit) is not None)
         if unit.kind not in ("conv", "matmul"):  # pools and reshapes only continue an int8 island
@@ -317,7 +317,7 @@ class _Rewriter:
 
     def _concat(self, unit: Unit) -> QTensor:
         """``QuantizedConcat`` of unsigned int8 inputs: its output range is the union of theirs (here [0, max])."""
-        sources = [self.quantized[t] for t in (unit.data_input, *unit.more_inputs)]
+        sources = [self.quantized[t] for t in unit.data_inputs]
         base, k = f"{unit.output}_int8", self._const_scope()
         self.new_nodes.extend([
             N.const(f"{k}/axis", np.int32(self._concat_axis(unit))),

@@ -16,6 +16,7 @@ import numpy as np
 from tensorflow.core.framework import node_def_pb2
 from tensorflow.python.framework import tensor_util
 
+from kquant.quantization.patterns import tensors_read_as_int8
 from kquant.quantization.rewrite import (
     _quantize_weights,
     dequantized_weights,
@@ -37,7 +38,7 @@ def simulated_graph_def(fp32, units, ranges):
         channels = weights.shape[2] * weights.shape[3] if depthwise else weights.shape[-1]
         exact = dequantized_weights(q, w_max, channels).reshape(weights.shape).astype(np.float32)
         node.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(exact))
-    read_as_int8 = {t for u in units for t in (u.data_input, *u.more_inputs)} | {u.summand for u in units if u.summand}
+    read_as_int8 = tensors_read_as_int8(units)
     # a MatMul read only by fp32 ops dequantizes in its kernel, unrounded
     rounded = [u.output_tensor for u in weighted if u.kind == "conv" or u.output_tensor in read_as_int8]
     # MaxPool and Reshape pass their input's codes on; AvgPool's mean is rounded to its own range here
@@ -47,7 +48,7 @@ def simulated_graph_def(fp32, units, ranges):
     ranges = dict(ranges)
     for unit in units:
         if unit.kind == "ConcatV2":  # QuantizedConcat rounds each input onto the union of their ranges
-            ranges[unit.output_tensor] = (0.0, max(ranges[t][1] for t in (unit.data_input, *unit.more_inputs)))
+            ranges[unit.output_tensor] = (0.0, max(ranges[t][1] for t in unit.data_inputs))
             points.append(unit.output_tensor)
     for tensor in dict.fromkeys(points):
         low, high = ranges[tensor]
