@@ -16,7 +16,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 from tensorflow.python.framework import tensor_util
 
-from kquant.graph import extract_sub_graph, node_name
+from kquant.graph import consumers, extract_sub_graph, node_name
 from kquant.quantization import nodes as N
 from kquant.quantization.calibration import MIN_RANGE_WIDTH
 from kquant.quantization.patterns import Unit, tensors_read_as_int8, topological_order
@@ -78,6 +78,7 @@ class _Rewriter:
 
     def run(self, units, outputs):
         order = {node.name: i for i, node in enumerate(topological_order(self.graph_def, self.nodes))}
+        self.consumers = consumers(self.graph_def)
         self.readers = {}
         for unit in units:
             for tensor in unit.data_inputs:
@@ -105,7 +106,7 @@ class _Rewriter:
         result.library.CopyFrom(self.graph_def.library)
         result.node.extend(n for n in self.graph_def.node if n.name not in replaced)
         result.node.extend(self.new_nodes)
-        return extract_sub_graph(result, outputs)
+        return _summand_readers_first(extract_sub_graph(result, outputs))
 
     def _supported(self, unit: Unit) -> bool:
         """Whether the chosen kernels can run ``unit``; the public ops need an unsigned input (and convs a plain padding)."""
@@ -135,7 +136,22 @@ class _Rewriter:
         summand = self.quantized.get(unit.summand)
         # without an activation a signed output must be shifted (see _output_range), which every reader must take
         linear_ok = bool(unit.activation) or self.ranges[unit.output_tensor][0] >= 0 or self._can_shift(unit.output_tensor)
-        return (summand is None or summand.dtype == tf.quint8) and linear_ok
+        return (summand is None or summand.dtype == tf.quint8) and linear_ok and not self._summand_read_after(unit)
+
+    def _summand_read_after(self, unit: Unit) -> bool:
+        """Whether a node that depends on the residual Add also reads its summand: the fused conv overwrites the
+        summand's buffer (see ``_summand_readers_first``), so such a reader could not run before it."""
+        add = unit.nodes[unit.nodes.index(unit.pre_sum) + 1]
+        readers = {n.name for n in self.consumers.get(node_name(unit.summand), [])} - {add}
+        seen, stack = set(), [add]
+        while stack:
+            name = stack.pop()
+            if name in readers:
+                return True
+            if name not in seen:
+                seen.add(name)
+                stack.extend(n.name for n in self.consumers.get(name, []))
+        return False
 
     def _input(self, tensor: str, reader: Unit | None) -> QTensor:
         """The int8 form of ``tensor`` for ``reader`` (None: a summand): an int8 op's output, or a QuantizeV2 with
@@ -345,6 +361,24 @@ class _Rewriter:
 
 _EMITTERS = {"conv": _Rewriter._conv, "matmul": _Rewriter._matmul, "MaxPool": _Rewriter._pass_through,
              "AvgPool": _Rewriter._pass_through, "Reshape": _Rewriter._pass_through, "ConcatV2": _Rewriter._concat}
+
+
+def _summand_readers_first(graph_def):
+    """``graph_def`` with every other reader of a fused sum's summand made to run before that conv (control edges).
+
+    oneDNN's sum post-op accumulates into the summand's buffer, which TensorFlow hands to the conv as its
+    output; when another op still holds that buffer, the conv crashed TensorFlow (segfault), e.g. with a
+    Dequantize of the summand for an fp32 reader or a graph output that nothing ordered before it.
+    """
+    readers = {}
+    for node in graph_def.node:
+        for tensor in node.input:
+            readers.setdefault(tensor if ":" in tensor or tensor.startswith("^") else f"{tensor}:0", []).append(node.name)
+    for node in graph_def.node:
+        if "fused_ops" in node.attr and b"Sum" in node.attr["fused_ops"].list.s:  # reading attr[...] would add it
+            summand = node.input[3] if ":" in node.input[3] else f"{node.input[3]}:0"
+            node.input.extend(f"^{r}" for r in dict.fromkeys(readers[summand]) if r != node.name and f"^{r}" not in node.input)
+    return graph_def
 
 
 def _quantize_weights(weights: np.ndarray, per_channel: bool, depthwise: bool, pair_safe: bool = False):

@@ -382,3 +382,37 @@ def test_concat_with_a_signed_input_stays_fp32_and_its_int8_neighbours_still_qua
     ops = qmodel.op_counts()
     assert ops["ConcatV2"] == 1 and "QuantizedConcat" not in ops and ops["_FusedQuantizedConv2D"] == 4
     assert close_in_steps(qmodel.predict(x[32:]), model.predict(x[32:], verbose=0))
+
+
+def test_a_summand_read_elsewhere_is_read_before_the_fused_conv_overwrites_it():
+    """The fused sum accumulates into the summand's buffer: its other readers (here the per-layer report's
+    Dequantize of every unit, and a second graph output) must run first; unordered, TensorFlow crashed."""
+    import keras
+
+    model = residual_cnn()
+    x = np.random.default_rng(0).random((96, 16, 16, 8), dtype=np.float32)
+    qmodel = kquant.quantize(model, x[:64], progress=False)
+    rows = qmodel.report().rows
+    assert len(rows) == len(qmodel.result.units) and all(np.isfinite(r.snr_db) and r.snr_db > 20 for r in rows)
+    tap = model.layers[2].output  # the first block's input: the summand of its Add
+    both = keras.Model(model.inputs, [model.output, tap])
+    two = kquant.quantize(both, x[:64], progress=False)
+    assert "AddV2" not in two.op_counts()
+    for got, want in zip(two.predict(x[64:]), both.predict(x[64:], verbose=0)):
+        assert close_in_steps(got, want)
+
+
+def test_a_residual_add_whose_summand_is_read_after_it_stays_fp32():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 8), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    y = keras.layers.Conv2D(8, 3, padding="same")(keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x))
+    y = keras.layers.ReLU()(keras.layers.Add()([y, x]))
+    joined = keras.layers.Concatenate()([y, x])  # reads the summand x after the Add
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 1)(joined))
+    data = np.random.default_rng(0).random((64, 12, 12, 8), dtype=np.float32)
+    qmodel = kquant.quantize(model, data[:32], progress=False)
+    assert qmodel.op_counts()["AddV2"] == 1  # fused, the conv would overwrite x before QuantizedConcat reads it
+    assert close_in_steps(qmodel.predict(data[32:]), model.predict(data[32:], verbose=0))
