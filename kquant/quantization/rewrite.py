@@ -370,6 +370,7 @@ def _summand_readers_first(graph_def):
     output; when another op still holds that buffer, the conv crashed TensorFlow (segfault), e.g. with a
     Dequantize of the summand for an fp32 reader or a graph output that nothing ordered before it.
     """
+    nodes = {n.name: n for n in graph_def.node}
     readers = {}
     for node in graph_def.node:
         for tensor in node.input:
@@ -377,8 +378,20 @@ def _summand_readers_first(graph_def):
     for node in graph_def.node:
         if "fused_ops" in node.attr and b"Sum" in node.attr["fused_ops"].list.s:  # reading attr[...] would add it
             summand = node.input[3] if ":" in node.input[3] else f"{node.input[3]}:0"
-            node.input.extend(f"^{r}" for r in dict.fromkeys(readers[summand]) if r != node.name and f"^{r}" not in node.input)
+            unordered = set(readers[summand]) - {node.name} - _ancestors(node.name, nodes)
+            node.input.extend(f"^{r}" for r in sorted(unordered))
     return graph_def
+
+
+def _ancestors(name: str, nodes: dict) -> set[str]:
+    """The nodes ``name`` depends on, through data and control inputs."""
+    seen, stack = set(), [node_name(i) for i in nodes[name].input]
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            stack.extend(node_name(i) for i in nodes[current].input)
+    return seen
 
 
 def _quantize_weights(weights: np.ndarray, per_channel: bool, depthwise: bool, pair_safe: bool = False):
