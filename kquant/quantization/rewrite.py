@@ -130,13 +130,15 @@ class _Rewriter:
 
     def _sum_supported(self, unit: Unit) -> bool:
         """oneDNN fuses [BiasAdd, Sum, Relu, Requantize] and computes it right only for an unsigned summand: a
-        quint8 one (shifted codes too) or an fp32 one, which gets a QuantizeV2 of its own."""
+        quint8 one (shifted codes too) or an fp32 one, which gets a QuantizeV2 of its own. The conv writes into
+        the summand's buffer, so it must not be the conv's own input (x + conv(x): TensorFlow crashed)."""
         if self.options.kernels != "onednn" or self.nodes[unit.anchor].op != "Conv2D":
             return False
         summand = self.quantized.get(unit.summand)
         # without an activation a signed output must be shifted (see _output_range), which every reader must take
         linear_ok = bool(unit.activation) or self.ranges[unit.output_tensor][0] >= 0 or self._can_shift(unit.output_tensor)
-        return (summand is None or summand.dtype == tf.quint8) and linear_ok and not self._summand_read_after(unit)
+        return ((summand is None or summand.dtype == tf.quint8) and linear_ok and unit.summand != unit.data_input
+                and not self._summand_read_after(unit))
 
     def _summand_read_after(self, unit: Unit) -> bool:
         """Whether a node that depends on the residual Add also reads its summand: the fused conv overwrites the

@@ -416,3 +416,20 @@ def test_a_residual_add_whose_summand_is_read_after_it_stays_fp32():
     qmodel = kquant.quantize(model, data[:32], progress=False)
     assert qmodel.op_counts()["AddV2"] == 1  # fused, the conv would overwrite x before QuantizedConcat reads it
     assert close_in_steps(qmodel.predict(data[32:]), model.predict(data[32:], verbose=0))
+
+
+@pytest.mark.parametrize("relu_after", [True, False])
+def test_a_residual_add_of_a_conv_and_its_own_input_stays_fp32_and_runs(relu_after):
+    """x + conv(x): the fused conv would write into the buffer it reads; TensorFlow crashed on it."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 8), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    added = keras.layers.Add()([keras.layers.Conv2D(8, 3, padding="same")(x), x])
+    added = keras.layers.ReLU()(added) if relu_after else added
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(added)))
+    data = np.random.default_rng(0).random((64, 12, 12, 8), dtype=np.float32)
+    qmodel = kquant.quantize(model, data[:32], progress=False)
+    assert qmodel.op_counts()["AddV2"] == 1
+    assert close_in_steps(qmodel.predict(data[32:]), model.predict(data[32:], verbose=0))
