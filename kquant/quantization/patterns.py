@@ -116,9 +116,9 @@ def _matmul_unit(node, nodes, readers, produced):
 
 
 def _concat_unit(node, nodes, readers, produced):
-    """A ConcatV2 of int8 unit outputs along a constant axis."""
+    """A ConcatV2 along a constant axis of tensors at least one of which is an int8 unit output."""
     *values, axis = node.input
-    if len(values) < 2 or nodes[node_name(axis)].op != "Const" or any(_tensor(v) not in produced for v in values):
+    if len(values) < 2 or nodes[node_name(axis)].op != "Const" or not any(_tensor(v) in produced for v in values):
         return None
     return Unit("ConcatV2", node.name, (node.name,), _tensor(values[0]), node.name,
                 more_inputs=tuple(_tensor(v) for v in values[1:]))

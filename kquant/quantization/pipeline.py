@@ -69,7 +69,7 @@ def fp32_stems(fp32: FrozenGraph, excluded_ops=(), excluded_nodes=(), stem="fp32
 
 def tensors_to_calibrate(units: list[Unit]) -> list[str]:
     """Every conv/matmul output (its requantize range) and every unit input (a QuantizeV2 range if it enters from fp32)."""
-    return sorted({u.output_tensor for u in units if u.kind in ("conv", "matmul")} | {u.data_input for u in units}
+    return sorted({u.output_tensor for u in units if u.kind in ("conv", "matmul")} | {t for u in units for t in u.data_inputs}
                   | {u.summand for u in units if u.summand} | {f"{u.pre_sum}:0" for u in units if u.pre_sum})
 
 

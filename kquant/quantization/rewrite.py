@@ -111,9 +111,10 @@ class _Rewriter:
     def _supported(self, unit: Unit) -> bool:
         """Whether the chosen kernels can run ``unit``; the public ops need an unsigned input (and convs a plain padding)."""
         if unit.kind == "ConcatV2":  # QuantizedConcat requantizes its inputs to the union of their ranges, read
-            sources = [self.quantized.get(t) for t in unit.data_inputs]  # as min + code * step
-            return (all(s is not None and s.dtype == tf.quint8 and s.shift is None for s in sources)
-                    and self._concat_axis(unit) is not None)
+            sources = [self.quantized.get(t) for t in unit.data_inputs]  # as min + code * step: all unsigned
+            unsigned = all(self.ranges[t][0] >= 0 if s is None else s.dtype == tf.quint8 and s.shift is None
+                           for t, s in zip(unit.data_inputs, sources))  # an fp32 input gets a quint8 QuantizeV2
+            return unsigned and any(sources) and self._concat_axis(unit) is not None
         if unit.kind not in ("conv", "matmul"):  # pools and reshapes only continue an int8 island
             source = self.quantized.get(unit.data_input)
             return source is not None and (unit.kind != "Reshape" or source.dtype == tf.quint8)  # no qint8 QuantizedReshape
@@ -335,7 +336,7 @@ class _Rewriter:
 
     def _concat(self, unit: Unit) -> QTensor:
         """``QuantizedConcat`` of unsigned int8 inputs: its output range is the union of theirs (here [0, max])."""
-        sources = [self.quantized[t] for t in unit.data_inputs]
+        sources = [self._input(t, unit) for t in unit.data_inputs]
         base, k = f"{unit.output}_int8", self._const_scope()
         self.new_nodes.extend([
             N.const(f"{k}/axis", np.int32(self._concat_axis(unit))),

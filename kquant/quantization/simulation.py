@@ -43,7 +43,8 @@ def simulated_graph_def(fp32, units, ranges):
     rounded = [u.output_tensor for u in weighted if u.kind == "conv" or u.output_tensor in read_as_int8]
     # MaxPool and Reshape pass their input's codes on; AvgPool's mean is rounded to its own range here
     on_a_grid = set(rounded) | {u.output_tensor for u in units if u.kind in ("MaxPool", "Reshape")}
-    entering = [u.data_input for u in weighted] + [u.summand for u in weighted if u.summand]
+    entering = ([u.data_input for u in weighted] + [u.summand for u in weighted if u.summand]
+                + [t for u in units if u.kind == "ConcatV2" for t in u.data_inputs])
     points = rounded + [t for t in entering if t not in on_a_grid]
     ranges = dict(ranges)
     for unit in units:

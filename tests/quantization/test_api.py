@@ -433,3 +433,28 @@ def test_a_residual_add_of_a_conv_and_its_own_input_stays_fp32_and_runs(relu_aft
     qmodel = kquant.quantize(model, data[:32], progress=False)
     assert qmodel.op_counts()["AddV2"] == 1
     assert close_in_steps(qmodel.predict(data[32:]), model.predict(data[32:], verbose=0))
+
+
+def test_concat_of_an_int8_output_and_an_unsigned_fp32_tensor_quantizes_the_fp32_one_at_the_border():
+    """DenseNet's joins: the fp32 stem's output concatenated with int8 conv outputs, three times."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3), name="image")
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)  # the image stem: fp32
+    for _ in range(3):
+        x = keras.layers.Concatenate()([x, keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)])
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
+    data = np.random.default_rng(0).random((64, 12, 12, 3), dtype=np.float32)
+    qmodel = kquant.quantize(model, data[:32], progress=False)
+    ops = qmodel.op_counts()
+    assert ops["QuantizedConcat"] == 3 and "ConcatV2" not in ops and "Dequantize" in ops
+    assert ops["QuantizeV2"] == 2  # the stem's output, for a conv and a concat alike; the Dense's input after the Mean
+    assert close_in_steps(qmodel.predict(data[32:]), model.predict(data[32:], verbose=0))
+    int8, simulated = error_against_simulation(model, qmodel, data[:32], data[32:])
+    assert int8 <= 2.0 * simulated, (int8, simulated)
+
+    signed = keras.Model(inputs, keras.layers.Concatenate()([inputs - 0.5, keras.layers.Conv2D(4, 3, padding="same",
+                                                                                                activation="relu")(x)]))
+    ops = kquant.quantize(signed, data[:32], progress=False).op_counts()
+    assert ops["ConcatV2"] == 1 and ops["QuantizedConcat"] == 3  # the join with the signed image - 0.5 stays fp32
