@@ -217,17 +217,22 @@ def consumers(graph_def: graph_pb2.GraphDef) -> dict[str, list]:
     return result
 
 
-def extract_sub_graph(graph_def: graph_pb2.GraphDef, node_names) -> graph_pb2.GraphDef:
-    """The nodes that ``node_names`` need (through data and control inputs), in graph order, with library and versions."""
-    by_name = nodes_by_name(graph_def)
-    keep = set()
-    pending = [node_name(n) for n in node_names]
+def ancestors(nodes: dict, names) -> set[str]:
+    """The nodes named in ``names`` (nodes or tensors) and every node they depend on, through data and control
+    inputs; ``nodes``: name -> NodeDef."""
+    seen, pending = set(), [node_name(n) for n in names]
     while pending:
         name = pending.pop()
-        if name in keep or name not in by_name:
+        if name in seen or name not in nodes:
             continue
-        keep.add(name)
-        pending.extend(node_name(inp) for inp in by_name[name].input)
+        seen.add(name)
+        pending.extend(node_name(inp) for inp in nodes[name].input)
+    return seen
+
+
+def extract_sub_graph(graph_def: graph_pb2.GraphDef, node_names) -> graph_pb2.GraphDef:
+    """The nodes that ``node_names`` need (through data and control inputs), in graph order, with library and versions."""
+    keep = ancestors(nodes_by_name(graph_def), node_names)
     pruned = graph_pb2.GraphDef()
     pruned.versions.CopyFrom(graph_def.versions)
     pruned.library.CopyFrom(graph_def.library)

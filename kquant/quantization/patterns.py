@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kquant.graph import consumers, is_control_input, node_name
+from kquant.graph import ancestors, consumers, is_control_input, node_name
 
 ACTIVATIONS = {"conv": ("Relu", "Relu6"), "matmul": ("Relu",)}
 PASS_THROUGH_OPS = ("MaxPool", "AvgPool", "Reshape")
@@ -83,22 +83,9 @@ def stem_convs(graph_def, units) -> list[str]:
     stems = []
     for unit in units:
         if unit.kind == "conv" and _input_channels(nodes[unit.weights]) <= STEM_MAX_CHANNELS \
-                and not _has_weighted_ancestor(node_name(unit.data_input), nodes):
+                and not any(nodes[n].op in WEIGHTED_OPS for n in ancestors(nodes, [unit.data_input])):
             stems.append(unit.anchor)
     return stems
-
-
-def _has_weighted_ancestor(name, nodes) -> bool:
-    seen, stack = set(), [name]
-    while stack:
-        node = nodes.get(stack.pop())
-        if node is None or node.name in seen:
-            continue
-        if node.op in WEIGHTED_OPS:
-            return True
-        seen.add(node.name)
-        stack.extend(node_name(i) for i in node.input)
-    return False
 
 
 def _input_channels(weights) -> int:

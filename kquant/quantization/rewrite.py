@@ -16,7 +16,14 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 from tensorflow.python.framework import tensor_util
 
-from kquant.graph import consumers, extract_sub_graph, node_name
+from kquant.graph import (
+    ancestors,
+    consumers,
+    extract_sub_graph,
+    is_control_input,
+    node_name,
+    tensor_name,
+)
 from kquant.quantization import nodes as N
 from kquant.quantization.calibration import MIN_RANGE_WIDTH
 from kquant.quantization.patterns import Unit, tensors_read_as_int8, topological_order
@@ -335,7 +342,8 @@ class _Rewriter:
         return dataclasses.replace(x, tensor=f"{base}:0", min=f"{base}:1", max=f"{base}:2")  # a shift carries over
 
     def _concat(self, unit: Unit) -> QTensor:
-        """``QuantizedConcat`` of unsigned int8 inputs: its output range is the union of theirs (here [0, max])."""
+        """``QuantizedConcat`` of unsigned inputs (fp32 ones through a QuantizeV2): its output range is the union of
+        theirs (here [0, max])."""
         sources = [self._input(t, unit) for t in unit.data_inputs]
         base, k = f"{unit.output}_int8", self._const_scope()
         self.new_nodes.extend([
@@ -377,24 +385,13 @@ def _summand_readers_first(graph_def):
     readers = {}
     for node in graph_def.node:
         for tensor in node.input:
-            readers.setdefault(tensor if ":" in tensor or tensor.startswith("^") else f"{tensor}:0", []).append(node.name)
+            if not is_control_input(tensor):
+                readers.setdefault(tensor_name(tensor), []).append(node.name)
     for node in graph_def.node:
         if "fused_ops" in node.attr and b"Sum" in node.attr["fused_ops"].list.s:  # reading attr[...] would add it
-            summand = node.input[3] if ":" in node.input[3] else f"{node.input[3]}:0"
-            unordered = set(readers[summand]) - {node.name} - _ancestors(node.name, nodes)
+            unordered = set(readers[tensor_name(node.input[3])]) - ancestors(nodes, [node.name])  # itself among them
             node.input.extend(f"^{r}" for r in sorted(unordered))
     return graph_def
-
-
-def _ancestors(name: str, nodes: dict) -> set[str]:
-    """The nodes ``name`` depends on, through data and control inputs."""
-    seen, stack = set(), [node_name(i) for i in nodes[name].input]
-    while stack:
-        current = stack.pop()
-        if current not in seen:
-            seen.add(current)
-            stack.extend(node_name(i) for i in nodes[current].input)
-    return seen
 
 
 def _quantize_weights(weights: np.ndarray, per_channel: bool, depthwise: bool, pair_safe: bool = False):
