@@ -169,7 +169,7 @@ def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration=
                                         if ranges is None and _reiterable(data) else [])
         int8, chosen, fell_back, trials = tune(
             baseline, eval_fn, attempt, ranked, calibrations=alternatives,
-            max_accuracy_drop=max_accuracy_drop, relative=relative, max_trials=max_trials)
+            max_accuracy_drop=max_accuracy_drop, relative=relative, max_trials=max_trials, progress=progress)
     return QuantizationResult(int8, fp32, emitted[chosen, tuple(fell_back)], ranges_for(chosen), options, chosen, tuple(fell_back), fallback,
                               trials, sample[0] if sample else None, tuple(excluded_ops), excluded_nodes, stems)
 

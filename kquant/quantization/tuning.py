@@ -14,6 +14,7 @@ import time
 import warnings
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from kquant.runtime import GraphRunner, Predictor
 
@@ -55,11 +56,17 @@ def rank_by_sensitivity(fp32, units, build, batch) -> list:
     return [weighted[i] for i in order]
 
 
-def tune(baseline, eval_fn, attempt, ranked, *, calibrations, max_accuracy_drop, relative, max_trials):
+def tune(baseline, eval_fn, attempt, ranked, *, calibrations, max_accuracy_drop, relative, max_trials, progress=False):
     """Search from the fp32 score ``baseline``; ``attempt(calibration, fell_back) -> FrozenGraph``.
 
-    Returns (best graph, its calibration, the units it keeps out of int8, trials).
+    Returns (best graph, its calibration, the units it keeps out of int8, trials). ``progress``: a bar over
+    the ``max_trials`` budget with the last trial's score and drop.
     """
+    with tqdm(total=max_trials, desc="tuning", unit="trial", disable=not progress, leave=False) as bar:
+        return _search(baseline, eval_fn, attempt, ranked, calibrations, max_accuracy_drop, relative, max_trials, bar)
+
+
+def _search(baseline, eval_fn, attempt, ranked, calibrations, max_accuracy_drop, relative, max_trials, bar):
     trials: list[Trial] = []
     best = None
 
@@ -73,6 +80,8 @@ def tune(baseline, eval_fn, attempt, ranked, *, calibrations, max_accuracy_drop,
         drop = accuracy_drop(baseline, score, relative)
         trial = Trial(len(trials), action, calibration, tuple(fell_back), score, drop, time.perf_counter() - start)
         trials.append(trial)
+        bar.update()
+        bar.set_postfix(score=f"{score:.4f}", drop=f"{drop:+.4f}")
         meets = drop <= max_accuracy_drop
         key = (meets, -len(fell_back) if meets else score)
         if best is None or key > best[0]:

@@ -117,3 +117,19 @@ def test_a_fallback_that_lowers_the_score_is_undone(monkeypatch):
         calibrations=["minmax"], max_accuracy_drop=0.01, relative=True, max_trials=10)
     assert [t.fell_back for t in trials] == [(), ("a",), ("b",), ("b", "c")]
     assert fell_back == ("b", "c") and graph == ("b", "c")
+
+
+def test_tuning_shows_a_bar_over_the_trial_budget_with_the_last_score(monkeypatch, capsys):
+    from kquant.quantization import tuning
+
+    scores = {(): 0.90, ("a",): 0.92, ("a", "b"): 0.93}
+    monkeypatch.setattr(tuning, "Predictor", lambda graph: type("P", (), {"close": lambda self: None, "key": graph})())
+    units = [type("U", (), {"anchor": name})() for name in "ab"]
+    for progress in (True, False):
+        tuning.tune(1.0, lambda predictor: scores[predictor.key], lambda calibration, kept: tuple(kept), units,
+                    calibrations=["minmax"], max_accuracy_drop=0.01, relative=True, max_trials=5, progress=progress)
+        err = capsys.readouterr().err
+        if progress:
+            assert "tuning" in err and "3/5" in err and "score=0.9300" in err, err
+        else:
+            assert err == ""
