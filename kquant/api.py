@@ -122,12 +122,11 @@ class QuantizedModel:
         if result.sample is None:
             raise QuantizationError("no calibration batch was kept (ranges came from a log); the report needs one")
         kept_out = set(result.fell_back) | set(result.stems)
-        chosen_exclusions = [n for n in result.excluded_nodes if n not in result.stems]
-        kept = [u for u in plan(result.fp32, result.excluded_ops, chosen_exclusions) if u.anchor in kept_out]
+        kept = [u for u in plan(result.fp32, result.excluded_ops, result.excluded_nodes) if u.anchor in kept_out]
         order = {node.name: i for i, node in enumerate(result.fp32.graph_def.node)}
         candidates = sorted(list(result.units) + kept, key=lambda u: order[u.output])
         graph, _ = build(result.fp32, result.ranges, result.options, excluded_ops=result.excluded_ops,
-                         excluded_nodes=result.excluded_nodes, fell_back=result.fell_back,
+                         excluded_nodes=result.excluded_nodes + result.stems, fell_back=result.fell_back,
                          fallback=result.fallback, extra_outputs=[u.output_tensor for u in candidates])
         return layer_report(result.fp32, graph.graph_def, candidates, kept_out, result.ranges, result.sample)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kquant.graph import ancestors, consumers, is_control_input, node_name
+from kquant.graph import ancestors, consumers, is_control_input, node_name, nodes_by_name
 
 ACTIVATIONS = {"conv": ("Relu", "Relu6"), "matmul": ("Relu",)}
 PASS_THROUGH_OPS = ("MaxPool", "AvgPool", "Reshape")
@@ -79,7 +79,7 @@ def tensors_read_as_int8(units) -> set[str]:
 def stem_convs(graph_def, units) -> list[str]:
     """Anchors of the image stems among ``units``: convolutions with at most ``STEM_MAX_CHANNELS`` input channels
     that read the model input directly or through ops other than convolutions and matmuls (a Rescaling, a Pad)."""
-    nodes = {n.name: n for n in graph_def.node}
+    nodes = nodes_by_name(graph_def)
     stems = []
     for unit in units:
         if unit.kind == "conv" and _input_channels(nodes[unit.weights]) <= STEM_MAX_CHANNELS \

@@ -40,7 +40,7 @@ class QuantizationResult:
     trials: list = dataclasses.field(default_factory=list)
     sample: list | None = None        # the first calibration batch, for the per-layer report
     excluded_ops: tuple = ()
-    excluded_nodes: tuple = ()        # the caller's and the fp32 stems
+    excluded_nodes: tuple = ()        # the caller's
     stems: tuple = ()                 # anchors of the image stems kept fp32 (stem="fp32")
 
 
@@ -124,9 +124,10 @@ def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration=
     if kernels not in KERNELS:
         raise ConfigurationError(f"kernels={kernels!r} is not one of {', '.join(KERNELS)}")
     fp32 = optimize(frozen)
+    excluded_nodes = tuple(excluded_nodes)
     stems = fp32_stems(fp32, excluded_ops, excluded_nodes, stem)
-    excluded_nodes = tuple(excluded_nodes) + stems
-    candidates = plan(fp32, excluded_ops, excluded_nodes)
+    kept_fp32 = excluded_nodes + stems
+    candidates = plan(fp32, excluded_ops, kept_fp32)
     if not any(u.kind in ("conv", "matmul") for u in candidates):
         reason = ("the model's only quantizable op is its image stem, kept fp32 (stem='int8' quantizes it)" if stems
                   else "the model has no quantizable Conv2D/DepthwiseConv2D/MatMul")
@@ -147,7 +148,7 @@ def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration=
 
     def attempt(method, fell_back):
         graph, emitted[method, tuple(fell_back)] = build(
-            fp32, ranges_for(method), options, excluded_ops=excluded_ops, excluded_nodes=excluded_nodes,
+            fp32, ranges_for(method), options, excluded_ops=excluded_ops, excluded_nodes=kept_fp32,
             fell_back=fell_back, fallback=fallback)
         return graph
 

@@ -22,6 +22,7 @@ from kquant.graph import (
     extract_sub_graph,
     is_control_input,
     node_name,
+    nodes_by_name,
     tensor_name,
 )
 from kquant.quantization import nodes as N
@@ -153,15 +154,7 @@ class _Rewriter:
         summand's buffer (see ``_summand_readers_first``), so such a reader could not run before it."""
         add = unit.nodes[unit.nodes.index(unit.pre_sum) + 1]
         readers = {n.name for n in self.consumers.get(node_name(unit.summand), [])} - {add}
-        seen, stack = set(), [add]
-        while stack:
-            name = stack.pop()
-            if name in readers:
-                return True
-            if name not in seen:
-                seen.add(name)
-                stack.extend(n.name for n in self.consumers.get(name, []))
-        return False
+        return any(add in ancestors(self.nodes, [reader]) for reader in readers)
 
     def _input(self, tensor: str, reader: Unit | None) -> QTensor:
         """The int8 form of ``tensor`` for ``reader`` (None: a summand): an int8 op's output, or a QuantizeV2 with
@@ -381,7 +374,7 @@ def _summand_readers_first(graph_def):
     output; when another op still holds that buffer, the conv crashed TensorFlow (segfault), e.g. with a
     Dequantize of the summand for an fp32 reader or a graph output that nothing ordered before it.
     """
-    nodes = {n.name: n for n in graph_def.node}
+    nodes = nodes_by_name(graph_def)
     readers = {}
     for node in graph_def.node:
         for tensor in node.input:
