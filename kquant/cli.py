@@ -47,8 +47,15 @@ def _check_outputs_are_not_inputs(args) -> None:
             check_output_is_not_input(getattr(args, name), *inputs)
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors as one line naming the fix, like every other kquant error (exit 2, argparse's code)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kquant", description=__doc__)
+    parser = _OneLineErrorParser(prog="kquant", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

@@ -173,3 +173,17 @@ def test_subprocess_debug_shows_the_traceback(tmp_path):
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert "kquant.errors.ModelNotFoundError" in result.stderr
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["quantize", "m.h5", "--calib", "c.npy", "-o", "o.pb", "--stem", "bf16"], "invalid choice: 'bf16'"),
+    (["quantize", "m.h5"], "required: --calib, -o/--output"),
+    (["frob"], "invalid choice: 'frob'"),
+])
+def test_usage_errors_are_one_line_naming_the_help(argv, named, capfd):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capfd.readouterr().err
+    assert exit_info.value.code == 2
+    assert err.count("\n") == 1 and named in err and "usage:" not in err
+    assert err.rstrip().endswith("--help'")
