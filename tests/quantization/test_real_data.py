@@ -76,3 +76,27 @@ def test_fer_int8_graph_holds_quantized_convs_and_its_file_is_at_most_035_of_the
     fp32_size = kquant.freeze(datasets.fer_model_path()).save(tmp_path / "fp32.pb").stat().st_size
     int8_size = fer_int8.save(tmp_path / "int8.pb").stat().st_size
     assert int8_size <= 0.35 * fp32_size, (int8_size, fp32_size)
+
+
+def test_conv1d_net_on_fashion_rows_int8_within_half_a_point_and_one_int8_chain(fashion):
+    """Each image as a sequence of 28 rows: Conv1D + ReLU, MaxPooling1D, Conv1D + BatchNormalization + ReLU, Dense."""
+    import keras
+
+    _, x, xt, yt = fashion
+    x, xt = x.reshape(-1, 28, 28), xt.reshape(-1, 28, 28)
+    y = datasets.fashion_mnist("train")[1]
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((28, 28)), layers.Conv1D(32, 3, padding="same", activation="relu"),
+                              layers.MaxPooling1D(2), layers.Conv1D(32, 3, use_bias=False), layers.BatchNormalization(),
+                              layers.ReLU(), layers.Flatten(), layers.Dense(10)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:20000], y[:20000], epochs=2, batch_size=128, verbose=0)
+    qmodel = kquant.quantize(model, x[:1000], progress=False)
+    fp32, int8 = accuracy(model.predict(xt, verbose=0), yt), accuracy(qmodel.predict(xt), yt)
+    assert fp32 > 80.0
+    assert abs(fp32 - int8) <= 0.5, (fp32, int8)
+    ops = qmodel.op_counts()
+    # one QuantizeV2 for the sequence; convs, pooling and flatten in int8, the batch norm folded into the conv
+    assert ops["_FusedQuantizedConv2D"] == 2 and ops["QuantizeV2"] == 1 and ops["QuantizedMaxPool"] == 1
+    assert not {"Dequantize", "BiasAdd", "Relu", "Mul", "Squeeze"} & set(ops), ops

@@ -1,0 +1,170 @@
+"""fold_conv1d_squeezes: let 1-D convolutions and poolings run as one chain of 4-D ops, with their bias and activation.
+
+Keras (3 and tf_keras) runs Conv1D, MaxPooling1D and AveragePooling1D as ExpandDims -> 4-D op -> Squeeze,
+so the BiasAdd, batch norm and ReLU of a Conv1D follow a Squeeze instead of the Conv2D, where no fold or
+fusion finds them, and each layer leaves the 4-D form to enter it again. This transform
+- moves each Squeeze of a size-1 spatial axis below the per-channel ops reading it: BiasAdd, an
+  elementwise activation, an Add/Sub/Mul/RealDiv/Maximum/Minimum by a scalar or per-channel constant,
+  and a Pad (its paddings get a zero pair for the axis);
+- makes a 1-D pooling expand the axis a Conv1D expands (tf_keras pools over axis 2, convs over axis 1);
+- bypasses each ExpandDims that restores the axis its input's Squeeze removed, and each Squeeze a
+  Reshape reads (Flatten after a 1-D layer).
+The conv is then followed by its BiasAdd and activation (fusable, foldable, quantizable as one unit)
+and consecutive 1-D layers meet without leaving 4-D. Graph inputs and outputs keep their shapes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tensorflow.core.framework import graph_pb2
+
+from kquant.graph import const_node, is_control_input, node_name, output_index
+from kquant.transforms.folding import const_value, data_format
+from kquant.transforms.pattern import GraphIndex, prune_unused
+from kquant.transforms.registry import register
+
+FOUR_D_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative", "MaxPool", "AvgPool"})
+POOL_OPS = frozenset({"MaxPool", "AvgPool"})
+ELEMENTWISE_OPS = frozenset({"Relu", "Relu6", "Elu", "Selu", "LeakyRelu", "Tanh", "Sigmoid"})
+BINARY_OPS = frozenset({"Add", "AddV2", "Mul", "Maximum", "Minimum", "Sub", "RealDiv"})
+ORDERED_OPS = frozenset({"Sub", "RealDiv"})  # the Squeeze must be their first input
+PAD_OPS = frozenset({"Pad", "PadV2"})
+
+
+@register("fold_conv1d_squeezes")
+def fold_conv1d_squeezes(graph_def, context):
+    protected = set(context.inputs) | set(context.outputs)
+    result = graph_pb2.GraphDef()
+    result.CopyFrom(graph_def)
+    _pool_over_axis_1(result, protected)
+    while _sink_one_squeeze(result, protected):
+        pass
+    return _bypass_restoring_expand_dims(result, protected)
+
+
+def _pool_over_axis_1(graph_def, protected) -> None:
+    """ExpandDims(x, 2) -> pool -> Squeeze(2) becomes ExpandDims(x, 1) -> pool (window turned) -> Squeeze(1)."""
+    index = GraphIndex(graph_def)
+    for pool in list(graph_def.node):
+        if pool.op not in POOL_OPS or data_format(pool) != "NHWC" or pool.name in protected:
+            continue
+        expand = index.by_name.get(node_name(pool.input[0]))
+        squeeze = _only_reader(index, pool.name)
+        if (expand is None or expand.op != "ExpandDims" or _expanded_axis(expand, index) != 2
+                or _only_reader(index, expand.name) is not pool or squeeze is None or squeeze.op != "Squeeze"
+                or _squeezed_axis(squeeze, index) != 2 or expand.name in protected):
+            continue
+        axis = const_node(index.unique_name(f"{expand.name}/axis_1"), np.int32(1))
+        graph_def.node.append(axis)
+        expand.input[1] = axis.name
+        for key in ("ksize", "strides"):
+            values = list(pool.attr[key].list.i)
+            values[1], values[2] = values[2], values[1]
+            pool.attr[key].list.i[:] = values
+        squeeze.attr["squeeze_dims"].list.i[:] = [1]
+
+
+def _sink_one_squeeze(graph_def, protected) -> bool:
+    """Move one Squeeze below the per-channel op that alone reads it; False when none is left to move."""
+    index = GraphIndex(graph_def)
+    for squeeze in graph_def.node:
+        if squeeze.op != "Squeeze" or squeeze.name in protected or _squeezed_axis(squeeze, index) not in (1, 2):
+            continue
+        op = _only_reader(index, squeeze.name)
+        if op is None or op.name in protected or not _per_channel(op, squeeze.name, index):
+            continue
+        readers = [index.by_name[name] for name in index.consumers(op.name)]
+        position = [node_name(i) for i in op.input].index(squeeze.name)
+        op.input[position] = squeeze.input[0]
+        if op.op in PAD_OPS:
+            paddings = np.insert(const_value(index.by_name[node_name(op.input[1])]), _squeezed_axis(squeeze, index), 0, axis=0)
+            padding_node = const_node(index.unique_name(f"{op.name}/paddings_4d"), paddings.astype(np.int32))
+            graph_def.node.append(padding_node)
+            op.input[1] = padding_node.name
+        squeeze.input[0] = op.name
+        for reader in readers:
+            reader.input[:] = [squeeze.name if not is_control_input(i) and node_name(i) == op.name else i
+                               for i in reader.input]
+        return True
+    return False
+
+
+def _bypass_restoring_expand_dims(graph_def, protected) -> graph_pb2.GraphDef:
+    """Readers of ExpandDims(Squeeze(t, axis), axis) read t, and a Reshape of a Squeeze reshapes t (a Squeeze
+    keeps the element order); what is left unread is pruned."""
+    index = GraphIndex(graph_def)
+    squeezes = set()
+    for reshape in graph_def.node:
+        source = index.by_name.get(node_name(reshape.input[0])) if reshape.op == "Reshape" else None
+        if source is not None and source.op == "Squeeze" and output_index(reshape.input[0]) == 0:
+            reshape.input[0] = source.input[0]
+            squeezes.add(source.name)
+    forward = {}
+    for expand in graph_def.node:
+        if expand.op != "ExpandDims" or expand.name in protected or output_index(expand.input[0]) != 0:
+            continue
+        squeeze = index.by_name.get(node_name(expand.input[0]))
+        if squeeze is not None and squeeze.op == "Squeeze" and _squeezed_axis(squeeze, index) is not None \
+                and _expanded_axis(expand, index) == _squeezed_axis(squeeze, index):
+            forward[expand.name] = squeeze.input[0]
+    for node in graph_def.node:
+        node.input[:] = [forward[node_name(i)] if not is_control_input(i) and output_index(i) == 0 and node_name(i) in forward
+                         else i for i in node.input]
+    return prune_unused(graph_def, [*forward, *squeezes], protected)
+
+
+def _squeezed_axis(squeeze, index) -> int | None:
+    """The one axis (0-3) a Squeeze removes from a 4-D NHWC tensor, or None when that is not known."""
+    dims = list(squeeze.attr["squeeze_dims"].list.i) if "squeeze_dims" in squeeze.attr else []
+    if len(dims) != 1 or output_index(squeeze.input[0]) != 0 or not _four_d(node_name(squeeze.input[0]), index):
+        return None
+    return dims[0] % 4
+
+
+def _expanded_axis(expand, index) -> int | None:
+    """The axis (0-3) an ExpandDims inserts to make a 4-D tensor from a 3-D one, or None when that is not known."""
+    dim = index.by_name.get(node_name(expand.input[1]))
+    if dim is None or dim.op != "Const" or const_value(dim).size != 1:
+        return None
+    value = int(const_value(dim).reshape(-1)[0])
+    return value % 4 if -4 <= value <= 3 else None
+
+
+def _four_d(name: str, index, depth: int = 0) -> bool:
+    """Whether the node's first output is known to be a 4-D NHWC tensor: a conv or pool, or an op this transform moved."""
+    node = index.by_name.get(name)
+    if node is None or depth > 64:
+        return False
+    if node.op in FOUR_D_OPS:
+        return data_format(node) == "NHWC"
+    if node.op in ELEMENTWISE_OPS | BINARY_OPS | PAD_OPS | {"BiasAdd"}:
+        data = [i for i in node.input if not is_control_input(i)]
+        return any(output_index(i) == 0 and _four_d(node_name(i), index, depth + 1) for i in data[:2])
+    return False
+
+
+def _only_reader(index, name: str):
+    """The one node reading ``name`` (through its first output, by a data edge), or None."""
+    readers = index.readers.get(name, [])
+    if len(readers) != 1 or is_control_input(readers[0][1]) or output_index(readers[0][1]) != 0:
+        return None
+    return index.by_name[readers[0][0]]
+
+
+def _per_channel(op, squeeze_name: str, index) -> bool:
+    """Whether ``op`` computes the same on the 4-D tensor as on its squeezed form: it reads it once and
+    varies at most along the channels (the last axis)."""
+    data = [node_name(i) for i in op.input if not is_control_input(i)]
+    if data.count(squeeze_name) != 1:
+        return False
+    if op.op in ELEMENTWISE_OPS:
+        return True
+    if op.op == "BiasAdd":
+        return data[0] == squeeze_name and data_format(op) == "NHWC"
+    constants = [index.by_name.get(name) for name in data if name != squeeze_name]
+    if not all(node is not None and node.op == "Const" for node in constants) or data[0] != squeeze_name \
+            and op.op not in BINARY_OPS - ORDERED_OPS:
+        return False
+    if op.op in PAD_OPS:
+        return len(data) == (2 if op.op == "Pad" else 3) and const_value(constants[0]).shape == (3, 2)
+    return op.op in BINARY_OPS and len(data) == 2 and const_value(constants[0]).ndim <= 1
