@@ -58,6 +58,7 @@ optimize_for_inference_trans = [
     "strip_unused_nodes",
     "remove_nodes(op=Identity, op=CheckNumerics)",
     "fold_constants(ignore_errors=true)",
+    "fold_space_to_batch_convs",
     "fold_conv1d_squeezes",
     "fold_batch_norms",
     "fold_old_batch_norms",

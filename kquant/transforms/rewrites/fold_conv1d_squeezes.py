@@ -6,7 +6,8 @@ fusion finds them, and each layer leaves the 4-D form to enter it again. This tr
 - moves each Squeeze of a size-1 spatial axis below the per-channel ops reading it: BiasAdd, an
   elementwise activation, an Add/Sub/Mul/RealDiv/Maximum/Minimum by a scalar or per-channel constant,
   and a Pad (its paddings get a zero pair for the axis);
-- makes a 1-D pooling expand the axis a Conv1D expands (tf_keras pools over axis 2, convs over axis 1);
+- makes a 1-D pooling expand the axis a Conv1D expands (tf_keras pools over axis 2, convs over axis 1),
+  and a Pad that an ExpandDims reads (a causal Conv1D on the input) pad the 4-D tensor instead;
 - bypasses each ExpandDims that restores the axis its input's Squeeze removed, and each Squeeze a
   Reshape reads (Flatten after a 1-D layer).
 The conv is then followed by its BiasAdd and activation (fusable, foldable, quantizable as one unit)
@@ -37,6 +38,7 @@ def fold_conv1d_squeezes(graph_def, context):
     result = graph_pb2.GraphDef()
     result.CopyFrom(graph_def)
     _pool_over_axis_1(result, protected)
+    _pad_after_expand_dims(result, protected)
     while _sink_one_squeeze(result, protected):
         pass
     return _bypass_restoring_expand_dims(result, protected)
@@ -64,6 +66,37 @@ def _pool_over_axis_1(graph_def, protected) -> None:
         squeeze.attr["squeeze_dims"].list.i[:] = [1]
 
 
+def _pad_after_expand_dims(graph_def, protected) -> None:
+    """ExpandDims(Pad(x)) becomes Pad(ExpandDims(x)), where a Pad can meet the conv it pads (a causal Conv1D)."""
+    index = GraphIndex(graph_def)
+    for expand in graph_def.node:
+        pad = index.by_name.get(node_name(expand.input[0])) if expand.op == "ExpandDims" else None
+        axis = _expanded_axis(expand, index) if pad is not None else None
+        if (axis not in (1, 2) or pad.op not in PAD_OPS or pad.name in protected or expand.name in protected
+                or _only_reader(index, pad.name) is not expand or not _padding_3d(pad, index)):
+            continue
+        readers = [index.by_name[name] for name in index.consumers(expand.name)]
+        expand.input[0], pad.input[0] = pad.input[0], expand.name
+        _insert_padding_row(graph_def, pad, axis, index)
+        for reader in readers:
+            reader.input[:] = [pad.name if not is_control_input(i) and node_name(i) == expand.name else i for i in reader.input]
+
+
+def _padding_3d(pad, index) -> bool:
+    """Whether the Pad's paddings (and a PadV2's value) are constants, the paddings of a 3-D tensor."""
+    constants = [index.by_name.get(node_name(i)) for i in pad.input[1:] if not is_control_input(i)]
+    return (len(constants) == (1 if pad.op == "Pad" else 2) and all(c is not None and c.op == "Const" for c in constants)
+            and const_value(constants[0]).shape == (3, 2))
+
+
+def _insert_padding_row(graph_def, pad, axis: int, index) -> None:
+    """Give ``pad`` paddings for the 4-D tensor: a zero pair at ``axis``."""
+    paddings = np.insert(const_value(index.by_name[node_name(pad.input[1])]), axis, 0, axis=0)
+    padding_node = const_node(index.unique_name(f"{pad.name}/paddings_4d"), paddings.astype(np.int32))
+    graph_def.node.append(padding_node)
+    pad.input[1] = padding_node.name
+
+
 def _sink_one_squeeze(graph_def, protected) -> bool:
     """Move one Squeeze below the per-channel op that alone reads it; False when none is left to move."""
     index = GraphIndex(graph_def)
@@ -77,10 +110,7 @@ def _sink_one_squeeze(graph_def, protected) -> bool:
         position = [node_name(i) for i in op.input].index(squeeze.name)
         op.input[position] = squeeze.input[0]
         if op.op in PAD_OPS:
-            paddings = np.insert(const_value(index.by_name[node_name(op.input[1])]), _squeezed_axis(squeeze, index), 0, axis=0)
-            padding_node = const_node(index.unique_name(f"{op.name}/paddings_4d"), paddings.astype(np.int32))
-            graph_def.node.append(padding_node)
-            op.input[1] = padding_node.name
+            _insert_padding_row(graph_def, op, _squeezed_axis(squeeze, index), index)
         squeeze.input[0] = op.name
         for reader in readers:
             reader.input[:] = [squeeze.name if not is_control_input(i) and node_name(i) == op.name else i
@@ -161,10 +191,10 @@ def _per_channel(op, squeeze_name: str, index) -> bool:
         return True
     if op.op == "BiasAdd":
         return data[0] == squeeze_name and data_format(op) == "NHWC"
+    if op.op in PAD_OPS:
+        return data[0] == squeeze_name and _padding_3d(op, index)
     constants = [index.by_name.get(name) for name in data if name != squeeze_name]
     if not all(node is not None and node.op == "Const" for node in constants) or data[0] != squeeze_name \
             and op.op not in BINARY_OPS - ORDERED_OPS:
         return False
-    if op.op in PAD_OPS:
-        return len(data) == (2 if op.op == "Pad" else 3) and const_value(constants[0]).shape == (3, 2)
     return op.op in BINARY_OPS and len(data) == 2 and const_value(constants[0]).ndim <= 1

@@ -1,0 +1,100 @@
+"""fold_space_to_batch_convs: SpaceToBatchND -> Conv2D -> BatchToSpaceND, how graphs run a dilated convolution, becomes one dilated Conv2D.
+
+TensorFlow's graph-mode convolution with a dilation rate (Keras's Conv2D and Conv1D with
+``dilation_rate``) splits the padded input into rate x rate phases (SpaceToBatchND), runs an undilated
+VALID convolution on each and interleaves the results, cropping the end (BatchToSpaceND). That is a
+convolution with ``dilations`` = the rates and explicit padding = the paddings less the crops, which
+oneDNN runs in one kernel, and which can carry the conv's bias, activation and int8 form. The 1-D form
+(SpaceToBatchND -> ExpandDims -> Conv2D -> Squeeze -> BatchToSpaceND) becomes ExpandDims -> dilated Conv2D
+-> Squeeze. Only constant block shapes, paddings and crops are folded, and only where the padding left
+after the crops is not negative (as TensorFlow builds them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tensorflow.core.framework import graph_pb2
+
+from kquant.graph import is_control_input, node_name, output_index
+from kquant.transforms.folding import const_value, data_format
+from kquant.transforms.pattern import GraphIndex, prune_unused
+from kquant.transforms.registry import register
+
+
+@register("fold_space_to_batch_convs")
+def fold_space_to_batch_convs(graph_def, context):
+    protected = set(context.inputs) | set(context.outputs)
+    result = graph_pb2.GraphDef()
+    result.CopyFrom(graph_def)
+    index = GraphIndex(result)
+    folded = []
+    for batch_to_space in result.node:
+        chain = _chain(batch_to_space, index, protected)
+        if chain is None:
+            continue
+        space_to_batch, first, conv, last, spatial_axes = chain
+        rates = [int(r) for r in const_value(index.by_name[node_name(space_to_batch.input[1])]).reshape(-1)]
+        pads = (const_value(index.by_name[node_name(space_to_batch.input[2])])
+                - const_value(index.by_name[node_name(batch_to_space.input[2])]))
+        if pads.shape != (len(rates), 2) or np.any(pads < 0):
+            continue
+        dilations, explicit = [1, 1, 1, 1], [0] * 8
+        for axis, rate, (before, after) in zip(spatial_axes, rates, pads):
+            dilations[axis], explicit[2 * axis], explicit[2 * axis + 1] = rate, int(before), int(after)
+        first.input[0] = space_to_batch.input[0]
+        conv.attr["dilations"].list.i[:] = dilations
+        conv.attr["padding"].s = b"EXPLICIT" if any(explicit) else b"VALID"
+        conv.attr["explicit_paddings"].list.i[:] = explicit if any(explicit) else []
+        for reader in index.consumers(batch_to_space.name):
+            node = index.by_name[reader]
+            node.input[:] = [last.name if not is_control_input(i) and node_name(i) == batch_to_space.name else i
+                             for i in node.input]
+        folded += [batch_to_space.name, space_to_batch.name]
+    return prune_unused(result, folded, protected) if folded else result
+
+
+def _chain(batch_to_space, index, protected):
+    """(SpaceToBatchND, its reader, Conv2D, the BatchToSpaceND's input, the conv's spatial axes the blocks cover)
+    if ``batch_to_space`` ends a foldable chain; the reader and input are the conv, or the 1-D form's ExpandDims and Squeeze."""
+    if batch_to_space.op != "BatchToSpaceND" or batch_to_space.name in protected:
+        return None
+    inner = _single_reader_input(batch_to_space, index, protected)
+    squeeze = inner if inner is not None and inner.op == "Squeeze" else None
+    conv = _single_reader_input(squeeze, index, protected) if squeeze is not None else inner
+    if conv is None or conv.op != "Conv2D" or data_format(conv) != "NHWC" or conv.attr["padding"].s != b"VALID" \
+            or list(conv.attr["strides"].list.i) != [1, 1, 1, 1] or any(d != 1 for d in conv.attr["dilations"].list.i):
+        return None
+    expand = _single_reader_input(conv, index, protected) if squeeze is not None else None
+    space_to_batch = _single_reader_input(expand if squeeze is not None else conv, index, protected)
+    if space_to_batch is None or space_to_batch.op != "SpaceToBatchND":
+        return None
+    if squeeze is None:
+        axes = (1, 2)
+    else:
+        squeezed = list(squeeze.attr["squeeze_dims"].list.i)
+        expanded = _const_int(index, expand.input[1]) if expand is not None and expand.op == "ExpandDims" else None
+        if len(squeezed) != 1 or expanded is None or squeezed[0] % 4 != expanded % 4 or expanded % 4 not in (1, 2):
+            return None
+        axes = (3 - expanded % 4,)  # the spatial axis that is not the size-1 one
+    constants = [index.by_name.get(node_name(n.input[i])) for n in (space_to_batch, batch_to_space) for i in (1, 2)]
+    if not all(c is not None and c.op == "Const" for c in constants):
+        return None
+    if not np.array_equal(const_value(constants[0]), const_value(constants[2])) or const_value(constants[0]).size != len(axes):
+        return None
+    return space_to_batch, expand or conv, conv, squeeze or conv, axes
+
+
+def _single_reader_input(node, index, protected):
+    """The node producing ``node``'s first input, if ``node`` is its only reader and it is not a graph input or output."""
+    source = index.by_name.get(node_name(node.input[0])) if node is not None else None
+    if source is None or source.name in protected or output_index(node.input[0]) != 0 \
+            or index.consumers(source.name) != {node.name}:
+        return None
+    return source
+
+
+def _const_int(index, tensor: str) -> int | None:
+    node = index.by_name.get(node_name(tensor))
+    if node is None or node.op != "Const" or const_value(node).size != 1:
+        return None
+    return int(const_value(node).reshape(-1)[0])

@@ -1,0 +1,77 @@
+"""fold_space_to_batch_convs: a dilated convolution's SpaceToBatchND -> Conv2D -> BatchToSpaceND becomes one dilated Conv2D."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kquant
+from kquant.transforms import optimize_for_inference_trans
+
+from .conftest import Case, assert_ops, case_from_function, constant, count_ops, transformed
+
+
+def conv_attrs(graph):
+    return [(list(n.attr["dilations"].list.i), n.attr["padding"].s.decode(), list(n.attr["explicit_paddings"].list.i))
+            for n in graph.graph_def.node if n.op == "Conv2D"]
+
+
+@pytest.mark.parametrize("padding, rate, expected", [
+    ("SAME", 2, ("EXPLICIT", [0, 0, 2, 2, 2, 2, 0, 0])),
+    ("SAME", (3, 2), ("EXPLICIT", [0, 0, 3, 3, 2, 2, 0, 0])),
+    ("VALID", 2, ("VALID", [])),
+], ids=["same", "same_rates_3_2", "valid"])
+def test_dilated_conv2d_becomes_one_conv(padding, rate, expected):
+    rates = (rate, rate) if isinstance(rate, int) else rate
+    case = case_from_function(lambda x: tf.nn.convolution(x, constant(3, 3, 4, 6), padding=padding, dilations=rates), (15, 13, 4))
+    assert count_ops(case.frozen)["SpaceToBatchND"] == 1
+    result = transformed(case, "fold_space_to_batch_convs")
+    assert_ops(result, SpaceToBatchND=0, BatchToSpaceND=0, Conv2D=1)
+    assert conv_attrs(result) == [([1, *rates, 1], *expected)]
+
+
+@pytest.mark.parametrize("library", ["keras", "tf_keras"])
+def test_dilated_keras_layers_run_as_dilated_convs_with_their_bias(library):
+    keras = pytest.importorskip(library)
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    image = keras.Input((17, 14, 3))
+    x = layers.Conv2D(8, 3, dilation_rate=2, padding="same", activation="relu")(image)
+    x = layers.Conv2D(4, 3, dilation_rate=(1, 3), activation="relu")(x)
+    series = keras.Input((30, 5))
+    y = layers.Conv1D(6, 3, dilation_rate=2, padding="causal", activation="relu")(series)
+    y = layers.Conv1D(6, 3, dilation_rate=4, padding="same")(y)
+    model = keras.Model([image, series], [layers.Flatten()(x), layers.Flatten()(y)])
+    rng = np.random.default_rng(0)
+    inputs = [rng.standard_normal((2, 17, 14, 3)).astype(np.float32), rng.standard_normal((2, 30, 5)).astype(np.float32)]
+    case = Case(kquant.freeze(model), inputs, [o.numpy() for o in model(inputs)])
+    result = transformed(case, optimize_for_inference_trans)
+    assert_ops(result, SpaceToBatchND=0, BatchToSpaceND=0, Squeeze=0, Pad=0, Conv2D=4, BiasAdd=4)
+    assert sorted(max(d) for d, _, _ in conv_attrs(result)) == [2, 2, 3, 4]
+
+
+def test_quantized_dilated_convs_form_one_int8_chain():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16, 16, 6)), keras.layers.Conv2D(8, 3, dilation_rate=2, padding="same", activation="relu"),
+                              keras.layers.Conv2D(8, 3, dilation_rate=3, activation="relu"), keras.layers.Flatten(),
+                              keras.layers.Dense(4)])
+    x = np.random.default_rng(0).normal(0.2, 1.0, (80, 16, 16, 6)).astype(np.float32)
+    qmodel = kquant.quantize(model, x[:64], progress=False)
+    counts = qmodel.op_counts()
+    assert counts["_FusedQuantizedConv2D"] == 2 and counts["QuantizeV2"] == 1
+    assert not {"Dequantize", "BiasAdd", "Relu", "SpaceToBatchND"} & set(counts)
+    want = model.predict(x[64:], verbose=0)
+    assert np.sqrt(np.mean((qmodel.predict(x[64:]) - want) ** 2)) <= 0.05 * np.sqrt(np.mean(want ** 2))
+
+
+@pytest.mark.parametrize("make", [
+    lambda x: tf.nn.depthwise_conv2d(x, constant(3, 3, 4, 1), [1, 1, 1, 1], "SAME", dilations=(2, 2)),
+    lambda x: (lambda s: tf.nn.conv2d(s, constant(3, 3, 4, 6), 1, "VALID") + tf.reduce_mean(s))(
+        tf.space_to_batch_nd(x, [2, 2], [[1, 2], [2, 1]])),
+    lambda x: tf.batch_to_space(tf.nn.conv2d(tf.space_to_batch_nd(x, [2, 2], [[0, 1], [1, 0]]), constant(3, 3, 4, 6), 1, "VALID"),
+                                [2, 2], [[1, 0], [0, 0]]),
+], ids=["depthwise", "space_to_batch_read_twice", "crops_larger_than_padding"])
+def test_chains_it_cannot_fold_are_left_alone(make):
+    case = case_from_function(make, (15, 13, 4))
+    assert count_ops(transformed(case, "fold_space_to_batch_convs")) == count_ops(case.frozen)
