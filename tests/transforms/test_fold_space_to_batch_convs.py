@@ -49,18 +49,22 @@ def test_dilated_keras_layers_run_as_dilated_convs_with_their_bias(library):
     assert sorted(max(d) for d, _, _ in conv_attrs(result)) == [2, 2, 3, 4]
 
 
-def test_quantized_dilated_convs_form_one_int8_chain():
+@pytest.mark.parametrize("shape, make_layers, convs", [
+    ((16, 16, 6), lambda layers: [layers.Conv2D(8, 3, dilation_rate=2, padding="same", activation="relu"),
+                                  layers.Conv2D(8, 3, dilation_rate=3, activation="relu"), layers.Flatten()], 2),
+    ((40, 6), lambda layers: [layers.Conv1D(8, 3, padding="causal", dilation_rate=rate, activation="relu")
+                              for rate in (1, 2, 4)] + [layers.Flatten()], 3),
+], ids=["conv2d", "tcn_conv1d"])
+def test_quantized_dilated_convs_form_one_int8_chain(shape, make_layers, convs):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((16, 16, 6)), keras.layers.Conv2D(8, 3, dilation_rate=2, padding="same", activation="relu"),
-                              keras.layers.Conv2D(8, 3, dilation_rate=3, activation="relu"), keras.layers.Flatten(),
-                              keras.layers.Dense(4)])
-    x = np.random.default_rng(0).normal(0.2, 1.0, (80, 16, 16, 6)).astype(np.float32)
+    model = keras.Sequential([keras.Input(shape), *make_layers(keras.layers), keras.layers.Dense(4)])
+    x = np.random.default_rng(0).normal(0.2, 1.0, (80, *shape)).astype(np.float32)
     qmodel = kquant.quantize(model, x[:64], progress=False)
     counts = qmodel.op_counts()
-    assert counts["_FusedQuantizedConv2D"] == 2 and counts["QuantizeV2"] == 1
-    assert not {"Dequantize", "BiasAdd", "Relu", "SpaceToBatchND"} & set(counts)
+    assert counts["_FusedQuantizedConv2D"] == convs and counts["QuantizeV2"] == 1
+    assert not {"Dequantize", "BiasAdd", "Relu", "Pad", "SpaceToBatchND", "Squeeze"} & set(counts), counts
     want = model.predict(x[64:], verbose=0)
     assert np.sqrt(np.mean((qmodel.predict(x[64:]) - want) ** 2)) <= 0.05 * np.sqrt(np.mean(want ** 2))
 
