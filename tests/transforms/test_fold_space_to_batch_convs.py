@@ -7,7 +7,14 @@ import tensorflow as tf
 import kquant
 from kquant.transforms import optimize_for_inference_trans
 
-from .conftest import Case, assert_ops, case_from_function, constant, count_ops, transformed
+from .conftest import (
+    Case,
+    assert_ops,
+    case_from_function,
+    constant,
+    count_ops,
+    transformed,
+)
 
 
 def conv_attrs(graph):
@@ -69,10 +76,13 @@ def test_quantized_dilated_convs_form_one_int8_chain(shape, make_layers, convs):
     assert np.sqrt(np.mean((qmodel.predict(x[64:]) - want) ** 2)) <= 0.05 * np.sqrt(np.mean(want ** 2))
 
 
+def conv_plus_mean(blocks):
+    return tf.nn.conv2d(blocks, constant(3, 3, 4, 6), 1, "VALID") + tf.reduce_mean(blocks)
+
+
 @pytest.mark.parametrize("make", [
     lambda x: tf.nn.depthwise_conv2d(x, constant(3, 3, 4, 1), [1, 1, 1, 1], "SAME", dilations=(2, 2)),
-    lambda x: (lambda s: tf.nn.conv2d(s, constant(3, 3, 4, 6), 1, "VALID") + tf.reduce_mean(s))(
-        tf.space_to_batch_nd(x, [2, 2], [[1, 2], [2, 1]])),
+    lambda x: conv_plus_mean(tf.space_to_batch_nd(x, [2, 2], [[1, 2], [2, 1]])),
     lambda x: tf.batch_to_space(tf.nn.conv2d(tf.space_to_batch_nd(x, [2, 2], [[0, 1], [1, 0]]), constant(3, 3, 4, 6), 1, "VALID"),
                                 [2, 2], [[1, 0], [0, 0]]),
 ], ids=["depthwise", "space_to_batch_read_twice", "crops_larger_than_padding"])
