@@ -17,9 +17,9 @@ from .conftest import (
 )
 
 
-def conv_attrs(graph):
+def conv_attrs(graph, op="Conv2D"):
     return [(list(n.attr["dilations"].list.i), n.attr["padding"].s.decode(), list(n.attr["explicit_paddings"].list.i))
-            for n in graph.graph_def.node if n.op == "Conv2D"]
+            for n in graph.graph_def.node if n.op == op]
 
 
 @pytest.mark.parametrize("padding, rate, expected", [
@@ -27,13 +27,18 @@ def conv_attrs(graph):
     ("SAME", (3, 2), ("EXPLICIT", [0, 0, 3, 3, 2, 2, 0, 0])),
     ("VALID", 2, ("VALID", [])),
 ], ids=["same", "same_rates_3_2", "valid"])
-def test_dilated_conv2d_becomes_one_conv(padding, rate, expected):
+@pytest.mark.parametrize("op", ["Conv2D", "DepthwiseConv2dNative"])
+def test_dilated_conv_becomes_one_conv(op, padding, rate, expected):
     rates = (rate, rate) if isinstance(rate, int) else rate
-    case = case_from_function(lambda x: tf.nn.convolution(x, constant(3, 3, 4, 6), padding=padding, dilations=rates), (15, 13, 4))
+    if op == "Conv2D":
+        case = case_from_function(lambda x: tf.nn.convolution(x, constant(3, 3, 4, 6), padding=padding, dilations=rates), (15, 13, 4))
+    else:
+        case = case_from_function(lambda x: tf.nn.depthwise_conv2d(x, constant(3, 3, 4, 2), [1, 1, 1, 1], padding, dilations=rates),
+                                  (15, 13, 4))
     assert count_ops(case.frozen)["SpaceToBatchND"] == 1
     result = transformed(case, "fold_space_to_batch_convs")
-    assert_ops(result, SpaceToBatchND=0, BatchToSpaceND=0, Conv2D=1)
-    assert conv_attrs(result) == [([1, *rates, 1], *expected)]
+    assert_ops(result, SpaceToBatchND=0, BatchToSpaceND=0, **{op: 1})
+    assert conv_attrs(result, op) == [([1, *rates, 1], *expected)]
 
 
 @pytest.mark.parametrize("library", ["keras", "tf_keras"])
@@ -61,7 +66,9 @@ def test_dilated_keras_layers_run_as_dilated_convs_with_their_bias(library):
                                   layers.Conv2D(8, 3, dilation_rate=3, activation="relu"), layers.Flatten()], 2),
     ((40, 6), lambda layers: [layers.Conv1D(8, 3, padding="causal", dilation_rate=rate, activation="relu")
                               for rate in (1, 2, 4)] + [layers.Flatten()], 3),
-], ids=["conv2d", "tcn_conv1d"])
+    ((17, 15, 6), lambda layers: [layers.DepthwiseConv2D(3, dilation_rate=2, padding="same", activation="relu"),
+                                  layers.SeparableConv2D(8, 3, dilation_rate=3, activation="relu"), layers.Flatten()], 1),
+], ids=["conv2d", "tcn_conv1d", "depthwise_separable"])
 def test_quantized_dilated_convs_form_one_int8_chain(shape, make_layers, convs):
     import keras
 
@@ -81,11 +88,10 @@ def conv_plus_mean(blocks):
 
 
 @pytest.mark.parametrize("make", [
-    lambda x: tf.nn.depthwise_conv2d(x, constant(3, 3, 4, 1), [1, 1, 1, 1], "SAME", dilations=(2, 2)),
     lambda x: conv_plus_mean(tf.space_to_batch_nd(x, [2, 2], [[1, 2], [2, 1]])),
     lambda x: tf.batch_to_space(tf.nn.conv2d(tf.space_to_batch_nd(x, [2, 2], [[0, 1], [1, 0]]), constant(3, 3, 4, 6), 1, "VALID"),
                                 [2, 2], [[1, 0], [0, 0]]),
-], ids=["depthwise", "space_to_batch_read_twice", "crops_larger_than_padding"])
+], ids=["space_to_batch_read_twice", "crops_larger_than_padding"])
 def test_chains_it_cannot_fold_are_left_alone(make):
     case = case_from_function(make, (15, 13, 4))
     assert count_ops(transformed(case, "fold_space_to_batch_convs")) == count_ops(case.frozen)

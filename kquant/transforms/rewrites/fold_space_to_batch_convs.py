@@ -1,12 +1,12 @@
-"""fold_space_to_batch_convs: SpaceToBatchND -> Conv2D -> BatchToSpaceND, how graphs run a dilated convolution, becomes one dilated Conv2D.
+"""fold_space_to_batch_convs: SpaceToBatchND -> conv -> BatchToSpaceND, how graphs run a dilated convolution, becomes one dilated conv.
 
-TensorFlow's graph-mode convolution with a dilation rate (Keras's Conv2D and Conv1D with
-``dilation_rate``) splits the padded input into rate x rate phases (SpaceToBatchND), runs an undilated
+TensorFlow's graph-mode convolution with a dilation rate (Keras's Conv2D, Conv1D, DepthwiseConv2D and
+SeparableConv2D with ``dilation_rate``) splits the padded input into rate x rate phases (SpaceToBatchND), runs an undilated
 VALID convolution on each and interleaves the results, cropping the end (BatchToSpaceND). That is a
 convolution with ``dilations`` = the rates and explicit padding = the paddings less the crops, which
 oneDNN runs in one kernel, and which can carry the conv's bias, activation and int8 form. The 1-D form
 (SpaceToBatchND -> ExpandDims -> Conv2D -> Squeeze -> BatchToSpaceND) becomes ExpandDims -> dilated Conv2D
--> Squeeze. Only constant block shapes, paddings and crops are folded, and only where the padding left
+-> Squeeze. The conv is a Conv2D or a DepthwiseConv2dNative. Only constant block shapes, paddings and crops are folded, and only where the padding left
 after the crops is not negative (as TensorFlow builds them).
 """
 
@@ -19,6 +19,8 @@ from kquant.graph import is_control_input, node_name, output_index
 from kquant.transforms.folding import const_value, data_format
 from kquant.transforms.pattern import GraphIndex, prune_unused
 from kquant.transforms.registry import register
+
+CONV_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative"})
 
 
 @register("fold_space_to_batch_convs")
@@ -54,14 +56,14 @@ def fold_space_to_batch_convs(graph_def, context):
 
 
 def _chain(batch_to_space, index, protected):
-    """(SpaceToBatchND, its reader, Conv2D, the BatchToSpaceND's input, the conv's spatial axes the blocks cover)
+    """(SpaceToBatchND, its reader, the conv, the BatchToSpaceND's input, the conv's spatial axes the blocks cover)
     if ``batch_to_space`` ends a foldable chain; the reader and input are the conv, or the 1-D form's ExpandDims and Squeeze."""
     if batch_to_space.op != "BatchToSpaceND" or batch_to_space.name in protected:
         return None
     inner = _single_reader_input(batch_to_space, index, protected)
     squeeze = inner if inner is not None and inner.op == "Squeeze" else None
     conv = _single_reader_input(squeeze, index, protected) if squeeze is not None else inner
-    if conv is None or conv.op != "Conv2D" or data_format(conv) != "NHWC" or conv.attr["padding"].s != b"VALID" \
+    if conv is None or conv.op not in CONV_OPS or data_format(conv) != "NHWC" or conv.attr["padding"].s != b"VALID" \
             or list(conv.attr["strides"].list.i) != [1, 1, 1, 1] or any(d != 1 for d in conv.attr["dilations"].list.i):
         return None
     expand = _single_reader_input(conv, index, protected) if squeeze is not None else None
