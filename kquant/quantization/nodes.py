@@ -96,11 +96,12 @@ def fused_quantized_conv(name: str, op: str, inputs, *, input_dtype, output_dtyp
     return node
 
 
-def quantized_matmul(name: str, inputs, *, input_dtype, output_dtype, fused_ops, input_mode: str,
-                     transpose_a=False, transpose_b=False) -> node_def_pb2.NodeDef:
+def quantized_matmul(name: str, inputs, *, input_dtype, output_dtype, fused_ops, input_mode: str, output_mode="SCALED",
+                     leakyrelu_alpha=None, transpose_a=False, transpose_b=False) -> node_def_pb2.NodeDef:
     """``_QuantizedMatMul``: inputs a, b, bias, min_a, max_a, min_b, max_b[, min_out, max_out].
 
-    With a trailing ``Dequantize`` fused op the output is float32 and has one output.
+    With a trailing ``Dequantize`` fused op the output is float32 and has one output; else ``output_mode``
+    SCALED or MIN_FIRST (codes of x - min_out) requantizes it.
     """
     dequantized = fused_ops[-1] == "Dequantize"
     host_outputs = [tf.float32] if dequantized else [output_dtype, tf.float32, tf.float32]
@@ -112,7 +113,9 @@ def quantized_matmul(name: str, inputs, *, input_dtype, output_dtype, fused_ops,
         fused_ops=list(fused_ops), input_quant_mode=input_mode, transpose_a=transpose_a, transpose_b=transpose_b,
     )
     if not dequantized:
-        node.attr["output_quant_mode"].CopyFrom(attr_value("SCALED"))
+        node.attr["output_quant_mode"].CopyFrom(attr_value(output_mode))
+    if leakyrelu_alpha is not None:
+        node.attr["leakyrelu_alpha"].CopyFrom(attr_value(float(leakyrelu_alpha)))
     return node
 
 

@@ -12,7 +12,10 @@ import dataclasses
 
 from kquant.graph import ancestors, consumers, is_control_input, node_name, nodes_by_name
 
-ACTIVATIONS = {"conv": ("Relu", "Relu6"), "matmul": ("Relu",)}
+# what each kind fuses after its bias: oneDNN's int8 convolution only Relu (Relu6 is its range capped at 6), its
+# int8 inner product also the activations below
+ACTIVATIONS = {"conv": ("Relu", "Relu6"), "matmul": ("Relu", "Relu6", "Sigmoid", "Tanh", "Elu", "LeakyRelu")}
+NON_NEGATIVE_ACTIVATIONS = ("Relu", "Relu6", "Sigmoid")
 PASS_THROUGH_OPS = ("MaxPool", "AvgPool", "Reshape")
 WEIGHTED_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul")
 STEM_MAX_CHANNELS = 4  # grayscale, RGB or RGBA images

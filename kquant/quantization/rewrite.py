@@ -27,7 +27,12 @@ from kquant.graph import (
 )
 from kquant.quantization import nodes as N
 from kquant.quantization.calibration import MIN_RANGE_WIDTH
-from kquant.quantization.patterns import Unit, tensors_read_as_int8, topological_order
+from kquant.quantization.patterns import (
+    NON_NEGATIVE_ACTIVATIONS,
+    Unit,
+    tensors_read_as_int8,
+    topological_order,
+)
 
 CONV_OP_NAMES = {"Conv2D": "_FusedQuantizedConv2D", "DepthwiseConv2dNative": "_FusedQuantizedDepthwiseConv2D"}
 CONV_ATTRS = ("strides", "padding", "dilations", "explicit_paddings", "data_format")
@@ -132,7 +137,7 @@ class _Rewriter:
         unsigned = (self.quantized[unit.data_input].dtype == tf.quint8 if unit.data_input in self.quantized
                     else self.ranges[unit.data_input][0] >= 0)
         if unit.kind == "matmul":
-            return unsigned
+            return unsigned and unit.activation in ("", "Relu")  # the public ops fuse no other activation
         anchor = self.nodes[unit.anchor]
         depthwise_without_relu = anchor.op == "DepthwiseConv2dNative" and not unit.activation
         return unsigned and not depthwise_without_relu and anchor.attr["padding"].s != b"EXPLICIT"
@@ -212,11 +217,12 @@ class _Rewriter:
 
         A residual sum without an activation is fused only when its output can be shifted: the kernel computes
         Relu(conv + summand - low), which is x - low wherever x is in range (oneDNN fuses a sum only with an
-        activation after it)."""
+        activation after it). A linear output is shifted through its bias; one after a signed activation (a
+        MatMul's Tanh, Elu or LeakyRelu) by the kernel's MIN_FIRST requantize (see ``_matmul``)."""
         lo, hi = self.ranges[unit.output_tensor]
         if unit.activation == "Relu6":
             hi = min(hi, 6.0)  # Relu6 is Relu with the quantized range capped at 6
-        if unit.activation or lo >= 0:
+        if unit.activation in NON_NEGATIVE_ACTIVATIONS or lo >= 0:
             return 0.0, max(hi, MIN_RANGE_WIDTH), tf.quint8, None
         if self._can_shift(unit.output_tensor):
             shift = _zero_exact(lo, hi)
@@ -291,21 +297,28 @@ class _Rewriter:
         q_weights, w_max = _quantize_weights(weights, per_channel=False, depthwise=False, pair_safe=self._pair_safe(x))
         base, k = f"{unit.output}_int8", self._const_scope()
         lo, hi, dtype, out_shift = self._output_range(unit)
-        bias = self._bias(unit, weights.shape[1]) - (out_shift[0] if out_shift and not to_float else 0.0)
+        # a linear output is shifted through the bias; after an activation the kernel requantizes MIN_FIRST to [low, high]
+        output_mode = "MIN_FIRST" if out_shift and unit.activation and not to_float else "SCALED"
+        if output_mode == "MIN_FIRST":
+            lo, hi = out_shift
+        bias = self._bias(unit, weights.shape[1]) - (out_shift[0] if out_shift and output_mode == "SCALED" and not to_float
+                                                     else 0.0)
         self.new_nodes.extend([N.const(f"{k}/weights", q_weights, tf.qint8), N.const(f"{k}/bias", bias.astype(np.float32)),
                                N.const(f"{k}/weights_range", w_max)])
         inputs = [x.tensor, f"{k}/weights", f"{k}/bias", x.min, x.max, f"{k}/weights_range", f"{k}/weights_range"]
         if self.options.kernels == "public":
             return self._public_matmul(unit, x, base, k, inputs, to_float)
-        fused = ["BiasAdd"] + (["Relu"] if unit.activation else [])
+        fused = ["BiasAdd"] + ([unit.activation] if unit.activation else [])
+        alpha = self.nodes[unit.output].attr["alpha"].f if unit.activation == "LeakyRelu" else None
         if to_float:
             self.new_nodes.append(N.quantized_matmul(unit.output, inputs, input_dtype=x.dtype, output_dtype=tf.float32,
-                                                     fused_ops=fused + ["Dequantize"], input_mode=x.mode))
+                                                     fused_ops=fused + ["Dequantize"], input_mode=x.mode, leakyrelu_alpha=alpha))
             return None
         self.new_nodes.extend([
             N.const(f"{k}/min_output", np.float32(lo)), N.const(f"{k}/max_output", np.float32(hi)),
             N.quantized_matmul(base, inputs + [f"{k}/min_output", f"{k}/max_output"], input_dtype=x.dtype,
-                               output_dtype=dtype, fused_ops=fused + ["Requantize"], input_mode=x.mode)])
+                               output_dtype=dtype, fused_ops=fused + ["Requantize"], input_mode=x.mode,
+                               output_mode=output_mode, leakyrelu_alpha=alpha)])
         return self._shifted_output(base, k, dtype, out_shift)
 
     def _public_matmul(self, unit, x, base, scope, inputs, to_float):

@@ -344,6 +344,49 @@ def test_public_kernels_keep_a_matmul_fp32_when_its_input_is_signed_int8():
     assert close_in_steps(qmodel.predict(x[32:]), model.predict(x[32:], verbose=0))
 
 
+@pytest.mark.parametrize("first, second", [("tanh", "sigmoid"), ("elu", "relu6"), ("leaky", "tanh")])
+def test_dense_activations_fuse_into_the_int8_matmul_and_chain_without_borders(first, second):
+    """Tanh, Elu and LeakyRelu outputs are signed: the kernel requantizes them MIN_FIRST (codes of x - low) for the
+    next MatMul; Sigmoid and Relu6 ones unsigned. A LeakyReLU keeps its slope."""
+    import keras
+
+    from tests.quantization.test_random_architectures import assert_tracks_exact_8bit
+
+    layers = keras.layers
+
+    def dense(activation, units):
+        if activation == "leaky":
+            return [layers.Dense(units), layers.LeakyReLU(negative_slope=0.05)]
+        return [layers.Dense(units, activation=activation)]
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((20,)), *dense(first, 32), *dense(second, 16), layers.Dense(4)])
+    x = np.random.default_rng(0).normal(0.2, 1.0, (96, 20)).astype(np.float32)
+    qmodel = kquant.quantize(model, x[:32], progress=False)
+    ops = qmodel.op_counts()
+    assert ops["_QuantizedMatMul"] == 3 and ops["QuantizeV2"] == 1 and "Dequantize" not in ops
+    assert not {"Tanh", "Sigmoid", "Elu", "LeakyRelu", "Relu6", "BiasAdd"} & set(ops), ops
+    matmuls = [n for n in qmodel.graph_def.node if n.op == "_QuantizedMatMul"]
+    assert sorted(list(m.attr["fused_ops"].list.s)[1].decode() for m in matmuls if len(m.attr["fused_ops"].list.s) == 3) \
+        == sorted({"leaky": "LeakyRelu", "elu": "Elu", "tanh": "Tanh", "sigmoid": "Sigmoid", "relu6": "Relu6"}[a]
+                  for a in (first, second))
+    if first == "leaky":
+        assert any(m.attr["leakyrelu_alpha"].f == pytest.approx(0.05) for m in matmuls)
+    assert_tracks_exact_8bit(model, x)  # within 2x the error of exact 8-bit arithmetic, repeatable
+
+
+def test_public_kernels_keep_a_matmul_with_a_tanh_fp32():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((20,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(4)])
+    x = np.random.default_rng(0).random((48, 20), dtype=np.float32)
+    ops = kquant.quantize(model, x[:32], kernels="public", progress=False).op_counts()
+    # the ReLU Dense in int8; the Tanh one in fp32, and the last one too, as its input is signed
+    assert ops["QuantizedMatMulWithBiasAndReluAndRequantize"] == 1 and ops["MatMul"] == 2 and ops["Tanh"] == 1, ops
+
+
 def fire_module(branch_activation="relu", axis=-1):
     """SqueezeNet's fire module: a 1x1 squeeze, 1x1 and 3x3 expands concatenated, then pooling and a 3x3 conv."""
     import keras
