@@ -39,7 +39,9 @@ def units_to_bf16(graph_def, units) -> graph_pb2.GraphDef:
             add.input[:] = [cast_summand if i in (unit.summand, node_name(unit.summand)) else i for i in add.input]
         for name in unit.nodes:
             nodes[name].attr["T"].CopyFrom(N.attr_value(tf.bfloat16))
-        for const_name in filter(None, (unit.weights, unit.bias)):
+        read = [nodes.get(node_name(i)) for name in unit.nodes for i in nodes[name].input]
+        float_consts = {c.name for c in read if c is not None and c.op == "Const" and c.attr["dtype"].type == tf.float32}
+        for const_name in sorted(float_consts):  # weights, bias and an activation's constants (a GELU's)
             const = nodes[const_name]
             value = tensor_util.MakeNdarray(const.attr["value"].tensor).astype(np.float32)
             bf16 = N.const(f"{const_name}/bf16", tf.constant(value, tf.bfloat16).numpy(), tf.bfloat16)

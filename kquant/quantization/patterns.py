@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 
+from tensorflow.python.framework import tensor_util
+
 from kquant.graph import ancestors, consumers, is_control_input, node_name, nodes_by_name
 
 # what each kind fuses after its bias: oneDNN's int8 convolution only Relu (Relu6 is its range capped at 6), its
 # int8 inner product also the activations below
 ACTIVATIONS = {"conv": ("Relu", "Relu6"), "matmul": ("Relu", "Relu6", "Sigmoid", "Tanh", "Elu", "LeakyRelu")}
+# and a MatMul's GELU, a subgraph (see _gelu), as the kernel's GeluExact / GeluApproximate
 NON_NEGATIVE_ACTIVATIONS = ("Relu", "Relu6", "Sigmoid")
 PASS_THROUGH_OPS = ("MaxPool", "AvgPool", "Reshape")
 WEIGHTED_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul")
@@ -147,8 +150,62 @@ def _weighted_unit(kind, node, nodes, readers, bias_ops, residual=False):
     if follower is not None and follower.op in ACTIVATIONS[kind]:
         chain.append(follower.name)
         activation, tail = follower.op, follower
+    elif kind == "matmul" and follower is None and (gelu := _gelu(tail, nodes, readers)) is not None:
+        activation, gelu_nodes = gelu
+        chain.extend(n.name for n in gelu_nodes)
+        tail = gelu_nodes[-1]
     return Unit(kind, node.name, tuple(chain), _tensor(node.input[0]), tail.name, weights.name, bias, activation,
                 summand, pre_sum)
+
+
+def _gelu(x, nodes, readers):
+    """("GeluExact" or "GeluApproximate", its nodes, the output last) when the readers of ``x`` are TensorFlow's
+    GELU of it (tf.nn.gelu, which Keras's gelu runs) and nothing else reads inside it; else None.
+
+    Exact: 0.5 x * erfc(-x / sqrt 2); approximate: 0.5 x * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    """
+    entries = {node.op: node for node in readers.get(x.name, [])}
+    half = entries.get("Mul")
+    if half is None or len(entries) != len(readers.get(x.name, [])) or not _scales(half, x.name, nodes, 0.5):
+        return None
+    if set(entries) == {"Neg", "Mul"}:
+        chain = _follow(entries["Neg"], readers, ("Mul", "Erfc", "Mul"))
+        if chain is None or not _scales(chain[0], entries["Neg"].name, nodes, 2 ** -0.5):
+            return None
+        kind, found = "GeluExact", [entries["Neg"], *chain]
+    elif set(entries) == {"Pow", "AddV2", "Mul"}:
+        chain = _follow(entries["Pow"], readers, ("Mul", "AddV2", "Mul", "Tanh", "AddV2", "Mul"))
+        if (chain is None or not _scales(entries["Pow"], x.name, nodes, 3.0) or not _scales(chain[0], entries["Pow"].name, nodes, 0.044715)
+                or chain[1] is not entries["AddV2"] or not _scales(chain[2], chain[1].name, nodes, (2 / 3.141592653589793) ** 0.5)
+                or not _scales(chain[4], chain[3].name, nodes, 1.0)):
+            return None
+        kind, found = "GeluApproximate", [entries["Pow"], *chain]
+    else:
+        return None
+    output = found[-1]
+    if sorted(node_name(i) for i in output.input) != sorted((half.name, found[-2].name)) or _only_reader(half, readers) is not output:
+        return None
+    return kind, [half, *found]
+
+
+def _follow(start, readers, ops):
+    """The nodes after ``start``, each the only reader of the one before, if their types are ``ops``; else None."""
+    chain, node = [], start
+    for op in ops:
+        node = _only_reader(node, readers)
+        if node is None or node.op != op:
+            return None
+        chain.append(node)
+    return chain
+
+
+def _scales(node, operand: str, nodes, value: float) -> bool:
+    """Whether ``node``'s inputs are ``operand`` and a scalar Const equal to ``value`` (to float32 precision)."""
+    others = [nodes.get(node_name(i)) for i in node.input if node_name(i) != operand and not is_control_input(i)]
+    if len(node.input) != 2 or len(others) != 1 or others[0] is None or others[0].op != "Const":
+        return False
+    constant = tensor_util.MakeNdarray(others[0].attr["value"].tensor)
+    return constant.size == 1 and abs(float(constant.reshape(-1)[0]) - value) <= 1e-6 * max(1.0, abs(value))
 
 
 def _only_reader(node, readers):

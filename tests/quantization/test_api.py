@@ -344,35 +344,63 @@ def test_public_kernels_keep_a_matmul_fp32_when_its_input_is_signed_int8():
     assert close_in_steps(qmodel.predict(x[32:]), model.predict(x[32:], verbose=0))
 
 
-@pytest.mark.parametrize("first, second", [("tanh", "sigmoid"), ("elu", "relu6"), ("leaky", "tanh")])
+KERNEL_ACTIVATIONS = {"leaky": "LeakyRelu", "elu": "Elu", "tanh": "Tanh", "sigmoid": "Sigmoid", "relu6": "Relu6",
+                      "gelu": "GeluExact", "gelu_tanh": "GeluApproximate"}
+
+
+def dense_layers(keras, activation, units):
+    """A Dense with ``activation``; "leaky" is a LeakyReLU of slope 0.05 after it, "gelu_tanh" the approximate GELU."""
+    layers = keras.layers
+    if activation == "leaky":
+        return [layers.Dense(units), layers.LeakyReLU(negative_slope=0.05)]
+    if activation == "gelu_tanh":
+        return [layers.Dense(units), layers.Activation(lambda t: keras.activations.gelu(t, approximate=True))]
+    return [layers.Dense(units, activation=activation)]
+
+
+@pytest.mark.parametrize("first, second", [("tanh", "sigmoid"), ("elu", "relu6"), ("leaky", "tanh"), ("gelu", "gelu_tanh")])
 def test_dense_activations_fuse_into_the_int8_matmul_and_chain_without_borders(first, second):
-    """Tanh, Elu and LeakyRelu outputs are signed: the kernel requantizes them MIN_FIRST (codes of x - low) for the
-    next MatMul; Sigmoid and Relu6 ones unsigned. A LeakyReLU keeps its slope."""
+    """Tanh, Elu, LeakyRelu and GELU outputs are signed: the kernel requantizes them MIN_FIRST (codes of x - low) for
+    the next MatMul; Sigmoid and Relu6 ones unsigned. A LeakyReLU keeps its slope; a GELU (a subgraph of 5 or 8
+    ops in the graph) becomes the kernel's GeluExact or GeluApproximate."""
     import keras
 
     from tests.quantization.test_random_architectures import assert_tracks_exact_8bit
 
-    layers = keras.layers
-
-    def dense(activation, units):
-        if activation == "leaky":
-            return [layers.Dense(units), layers.LeakyReLU(negative_slope=0.05)]
-        return [layers.Dense(units, activation=activation)]
-
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((20,)), *dense(first, 32), *dense(second, 16), layers.Dense(4)])
+    model = keras.Sequential([keras.Input((20,)), *dense_layers(keras, first, 32), *dense_layers(keras, second, 16),
+                              keras.layers.Dense(4)])
     x = np.random.default_rng(0).normal(0.2, 1.0, (96, 20)).astype(np.float32)
     qmodel = kquant.quantize(model, x[:32], progress=False)
     ops = qmodel.op_counts()
     assert ops["_QuantizedMatMul"] == 3 and ops["QuantizeV2"] == 1 and "Dequantize" not in ops
-    assert not {"Tanh", "Sigmoid", "Elu", "LeakyRelu", "Relu6", "BiasAdd"} & set(ops), ops
+    assert not {"Tanh", "Sigmoid", "Elu", "LeakyRelu", "Relu6", "Erfc", "Pow", "Mul", "BiasAdd"} & set(ops), ops
     matmuls = [n for n in qmodel.graph_def.node if n.op == "_QuantizedMatMul"]
     assert sorted(list(m.attr["fused_ops"].list.s)[1].decode() for m in matmuls if len(m.attr["fused_ops"].list.s) == 3) \
-        == sorted({"leaky": "LeakyRelu", "elu": "Elu", "tanh": "Tanh", "sigmoid": "Sigmoid", "relu6": "Relu6"}[a]
-                  for a in (first, second))
+        == sorted(KERNEL_ACTIVATIONS[a] for a in (first, second))
     if first == "leaky":
         assert any(m.attr["leakyrelu_alpha"].f == pytest.approx(0.05) for m in matmuls)
     assert_tracks_exact_8bit(model, x)  # within 2x the error of exact 8-bit arithmetic, repeatable
+
+
+def test_a_gelu_matmul_kept_out_of_int8_runs_in_bf16_with_its_constants():
+    import keras
+
+    from kquant.quantization import pipeline
+    from kquant.quantization.rewrite import RewriteOptions
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((20,)), *dense_layers(keras, "gelu_tanh", 16), keras.layers.Dense(4)])
+    x = np.random.default_rng(0).normal(0.2, 1.0, (64, 20)).astype(np.float32)
+    fp32 = pipeline.optimize(kquant.freeze(model))
+    units = pipeline.plan(fp32)
+    graph, _ = pipeline.build(fp32, pipeline.calibrate(fp32, units, x[:32], progress=False), RewriteOptions(pair_safe_weights=True),
+                              fell_back=[units[0].anchor], fallback="bf16")
+    with kquant.GraphRunner(graph.graph_def, fp32.input_names, fp32.output_names) as run:
+        got = run(x[32:])[0]
+    assert collections.Counter(n.op for n in graph.graph_def.node)["Tanh"] == 1  # the GELU computed in bf16
+    want = model.predict(x[32:], verbose=0)
+    assert np.sqrt(np.mean((got - want) ** 2)) <= 0.03 * np.sqrt(np.mean(want ** 2))
 
 
 def test_public_kernels_keep_a_matmul_with_a_tanh_fp32():
