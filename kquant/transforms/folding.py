@@ -1,8 +1,9 @@
-"""Shared by the folding transforms: constants, per-channel vectors, and folding y = conv(x, W)*scale + shift into W and a bias."""
+"""Shared by the folding transforms: constants, per-channel vectors, static shapes, and folding y = conv(x, W)*scale + shift into W and a bias."""
 
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
 from tensorflow.python.framework import tensor_util
 
@@ -78,3 +79,19 @@ def conv_bias(match, channels: int) -> np.ndarray:
     if "bias" not in match.nodes:
         return np.zeros(channels)
     return const_value(match["bias"]).astype(np.float64).reshape(-1)
+
+
+class StaticShapes:
+    """Static tensor shapes, from importing the graph into TensorFlow once, when first asked."""
+
+    def __init__(self, graph_def):
+        self.graph_def = graph_def
+        self.graph = None
+
+    def of(self, tensor: str) -> list | None:
+        if self.graph is None:
+            self.graph = tf.Graph()
+            with self.graph.as_default():
+                tf.graph_util.import_graph_def(self.graph_def, name="")
+        shape = self.graph.get_tensor_by_name(tensor if ":" in tensor else f"{tensor}:0").shape
+        return None if shape.rank is None else shape.as_list()

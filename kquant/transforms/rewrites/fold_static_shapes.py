@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from kquant.graph import node_name
 from kquant.graph import const_node
-from kquant.transforms.folding import const_value
+from kquant.transforms.folding import StaticShapes, const_value
 from kquant.transforms.pattern import P, replace_matching
 from kquant.transforms.registry import register
 
@@ -22,7 +22,7 @@ PATTERN = P("Reshape", "reshape", P("*", "x"), P("Pack", "pack"))
 
 @register("fold_static_shapes")
 def fold_static_shapes(graph_def, context):
-    shapes = _StaticShapes(graph_def)
+    shapes = StaticShapes(graph_def)
     return replace_matching(graph_def, [PATTERN], lambda match, index: _fold(match, index, shapes),
                             protected=context.inputs + context.outputs)
 
@@ -62,19 +62,3 @@ def _element(index, tensor, shapes):
     if shape is None or not -len(shape) <= k < len(shape):
         return _UNKNOWN
     return shape[k]
-
-
-class _StaticShapes:
-    """Static tensor shapes, from importing the graph into TensorFlow once, when first asked."""
-
-    def __init__(self, graph_def):
-        self.graph_def = graph_def
-        self.graph = None
-
-    def of(self, tensor: str) -> list | None:
-        if self.graph is None:
-            self.graph = tf.Graph()
-            with self.graph.as_default():
-                tf.graph_util.import_graph_def(self.graph_def, name="")
-        shape = self.graph.get_tensor_by_name(tensor if ":" in tensor else f"{tensor}:0").shape
-        return None if shape.rank is None else shape.as_list()

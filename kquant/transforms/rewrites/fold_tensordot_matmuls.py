@@ -1,0 +1,189 @@
+"""fold_tensordot_matmuls: a Dense on a sequence (rank 3 or more) runs as one 2-D MatMul chain, with its bias and activation.
+
+Keras runs a Dense on a [batch, ..., K] tensor as a tensordot: Reshape to [batch * ..., K] (after an identity
+Transpose, and with the shape computed at run time from Shape -> GatherV2 -> Prod -> Pack), MatMul, and a
+Reshape back; its BiasAdd and activation come after that Reshape, where no fusion finds them. Where the
+sizes between batch and K are static, this transform
+- gives both Reshapes constant shapes ([-1, K] in, [-1, ..., N] out) and drops the identity Transpose;
+- moves the Reshape back below the per-channel ops after it (BiasAdd, an elementwise activation, an
+  Add/Sub/Mul/RealDiv/Maximum/Minimum by a scalar or per-channel constant);
+- reads through a Reshape of a Reshape, and drops a Reshape to [-1, N] of a MatMul chain's [rows, N] output.
+So consecutive Dense layers on a sequence are MatMul -> BiasAdd -> activation -> MatMul, and the shape
+computation goes. Graph inputs and outputs keep their shapes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tensorflow.core.framework import graph_pb2
+
+from kquant.graph import const_node, is_control_input, node_name, output_index
+from kquant.transforms.folding import StaticShapes, const_value, data_format
+from kquant.transforms.pattern import GraphIndex, prune_unused
+from kquant.transforms.registry import register
+
+ELEMENTWISE_OPS = frozenset({"Relu", "Relu6", "Elu", "Selu", "LeakyRelu", "Tanh", "Sigmoid"})
+BINARY_OPS = frozenset({"Add", "AddV2", "Mul", "Maximum", "Minimum", "Sub", "RealDiv"})
+ORDERED_OPS = frozenset({"Sub", "RealDiv"})  # the Reshape must be their first input
+
+
+@register("fold_tensordot_matmuls")
+def fold_tensordot_matmuls(graph_def, context):
+    protected = set(context.inputs) | set(context.outputs)
+    result = graph_pb2.GraphDef()
+    result.CopyFrom(graph_def)
+    dropped = []
+    while folded := _constant_shapes(result, protected, StaticShapes(result)):  # TensorFlow then infers more shapes
+        dropped += folded
+    while _sink_one_reshape(result, protected):
+        pass
+    return prune_unused(result, dropped + _read_through_reshapes(result, protected), protected)
+
+
+def _constant_shapes(graph_def, protected, shapes) -> list[str]:
+    """Give each tensordot whose sizes are known two Reshapes with constant shapes; returns the shape inputs and
+    Transposes left unread (none: nothing was folded)."""
+    index = GraphIndex(graph_def)
+    dropped, known = [], {}  # known: the shapes of the Reshapes given constant shapes, which TensorFlow could not infer
+
+    def shape_of(tensor):
+        node = index.by_name.get(node_name(tensor))
+        for _ in range(64):
+            if node is None or node.name in known or node.op not in ELEMENTWISE_OPS | BINARY_OPS | {"BiasAdd"}:
+                break
+            node = index.by_name.get(node_name(node.input[0]))
+        return known[node.name] if node is not None and node.name in known else shapes.of(tensor)
+
+    for matmul in index.topological_order():
+        weights = index.by_name.get(node_name(matmul.input[1])) if matmul.op == "MatMul" else None
+        if weights is None or weights.op != "Const" or matmul.attr["transpose_a"].b or matmul.attr["transpose_b"].b:
+            continue
+        reshape_in, reshape_out = index.by_name.get(node_name(matmul.input[0])), _only_reader(index, matmul.name)
+        if not (_is_reshape(reshape_in) and _is_reshape(reshape_out)) or _only_reader(index, reshape_in.name) is not matmul \
+                or {reshape_in.name, reshape_out.name} & protected:
+            continue
+        source = index.by_name.get(node_name(reshape_in.input[0]))
+        transpose = source if source is not None and source.op == "Transpose" and _identity_perm(source, index) \
+            and _only_reader(index, source.name) is reshape_in and source.name not in protected else None
+        x = transpose.input[0] if transpose is not None else reshape_in.input[0]
+        k, n = const_value(weights).shape
+        x_shape = shape_of(x)
+        if (x_shape is None or len(x_shape) < 3 or x_shape[-1] != k or None in x_shape[1:-1]
+                or not _tensordot_output_shape(reshape_out.input[1], x, n, len(x_shape), index)):
+            continue
+        known[reshape_out.name] = [None, *x_shape[1:-1], n]
+        dropped += [node_name(reshape_in.input[1]), node_name(reshape_out.input[1])] + ([transpose.name] if transpose else [])
+        shape_in = const_node(index.unique_name(f"{reshape_in.name}/shape_2d"), np.asarray([-1, k], np.int32))
+        shape_out = const_node(index.unique_name(f"{reshape_out.name}/shape_nd"), np.asarray([-1, *x_shape[1:-1], n], np.int32))
+        graph_def.node.extend([shape_in, shape_out])
+        reshape_in.input[:] = [x, shape_in.name] + [i for i in reshape_in.input if is_control_input(i)]
+        reshape_out.input[1] = shape_out.name
+        reshape_in.attr["Tshape"].type = reshape_out.attr["Tshape"].type = shape_in.attr["dtype"].type
+    return dropped
+
+
+def _tensordot_output_shape(tensor: str, x: str, n: int, rank: int, index) -> bool:
+    """Whether ``tensor`` is how a tensordot computes its output's shape: x's shape without its last size, then n."""
+    concat = index.by_name.get(node_name(tensor))
+    if concat is None or concat.op != "ConcatV2" or len(index.data_inputs(concat)) != 3:
+        return False
+    gather, size, _ = (index.by_name.get(node_name(i)) for i in index.data_inputs(concat))
+    if gather is None or gather.op != "GatherV2" or size is None or size.op != "Const" or const_value(size).tolist() != [n]:
+        return False
+    shape, free = (index.by_name.get(node_name(i)) for i in index.data_inputs(gather)[:2])
+    return (shape is not None and shape.op == "Shape" and shape.input[0] == x and free is not None and free.op == "Const"
+            and const_value(free).tolist() == list(range(rank - 1)))
+
+
+def _sink_one_reshape(graph_def, protected) -> bool:
+    """Move one Reshape that keeps a MatMul chain's channels last below the per-channel op that alone reads it."""
+    index = GraphIndex(graph_def)
+    for reshape in graph_def.node:
+        if not _is_reshape(reshape) or reshape.name in protected or _chain_channels(reshape.input[0], index) is None:
+            continue
+        shape = index.by_name.get(node_name(reshape.input[1]))
+        if shape is None or shape.op != "Const" or const_value(shape).reshape(-1)[-1] != _chain_channels(reshape.input[0], index):
+            continue
+        op = _only_reader(index, reshape.name)
+        if op is None or op.name in protected or not _per_channel(op, reshape.name, index):
+            continue
+        readers = [index.by_name[name] for name in index.consumers(op.name)]
+        op.input[[node_name(i) for i in op.input].index(reshape.name)] = reshape.input[0]
+        reshape.input[0] = op.name
+        for reader in readers:
+            reader.input[:] = [reshape.name if not is_control_input(i) and node_name(i) == op.name else i for i in reader.input]
+        return True
+    return False
+
+
+def _read_through_reshapes(graph_def, protected) -> list[str]:
+    """Reshape(Reshape(t)) reshapes t; a Reshape of a MatMul chain's output to [-1, channels] is bypassed.
+    Returns the Reshapes that may be left unread."""
+    index = GraphIndex(graph_def)
+    bypassed, forward = [], {}
+    for reshape in graph_def.node:
+        if not _is_reshape(reshape) or output_index(reshape.input[0]) != 0:
+            continue
+        inner = index.by_name.get(node_name(reshape.input[0]))
+        if _is_reshape(inner) and output_index(inner.input[0]) == 0:
+            reshape.input[0] = inner.input[0]
+            bypassed.append(inner.name)
+        shape = index.by_name.get(node_name(reshape.input[1]))
+        channels = _chain_channels(reshape.input[0], index)
+        if (reshape.name not in protected and channels is not None and shape is not None and shape.op == "Const"
+                and const_value(shape).tolist() == [-1, channels]):
+            forward[reshape.name] = reshape.input[0]
+    for node in graph_def.node:
+        node.input[:] = [forward[node_name(i)] if not is_control_input(i) and node_name(i) in forward else i
+                         for i in node.input]
+    return bypassed + list(forward)
+
+
+def _chain_channels(tensor: str, index) -> int | None:
+    """N when ``tensor`` is a 2-D [rows, N]: a MatMul by a constant, or per-channel ops on one."""
+    node = index.by_name.get(node_name(tensor))
+    for _ in range(64):
+        if node is None or output_index(tensor) != 0:
+            return None
+        if node.op == "MatMul":
+            weights = index.by_name.get(node_name(node.input[1]))
+            if weights is None or weights.op != "Const" or node.attr["transpose_a"].b:
+                return None
+            return const_value(weights).shape[0 if node.attr["transpose_b"].b else 1]
+        if node.op not in ELEMENTWISE_OPS | BINARY_OPS | {"BiasAdd"}:
+            return None
+        tensor = node.input[0]
+        node = index.by_name.get(node_name(tensor))
+    return None
+
+
+def _per_channel(op, reshape_name: str, index) -> bool:
+    """Whether ``op`` computes the same before the Reshape as after it: it reads it once and varies at most
+    along the channels (the last axis, which the Reshape keeps)."""
+    data = [node_name(i) for i in op.input if not is_control_input(i)]
+    if data.count(reshape_name) != 1:
+        return False
+    if op.op in ELEMENTWISE_OPS:
+        return True
+    if op.op == "BiasAdd":
+        return data[0] == reshape_name and data_format(op) == "NHWC"
+    constant = index.by_name.get(data[1 - data.index(reshape_name)]) if len(data) == 2 else None
+    return (op.op in BINARY_OPS and constant is not None and constant.op == "Const" and const_value(constant).ndim <= 1
+            and (op.op not in ORDERED_OPS or data[0] == reshape_name))
+
+
+def _identity_perm(transpose, index) -> bool:
+    perm = index.by_name.get(node_name(transpose.input[1]))
+    return perm is not None and perm.op == "Const" and const_value(perm).tolist() == list(range(const_value(perm).size))
+
+
+def _is_reshape(node) -> bool:
+    return node is not None and node.op == "Reshape"
+
+
+def _only_reader(index, name: str):
+    """The one node reading ``name`` (through its first output, by a data edge), or None."""
+    readers = index.readers.get(name, [])
+    if len(readers) != 1 or is_control_input(readers[0][1]) or output_index(readers[0][1]) != 0:
+        return None
+    return index.by_name[readers[0][0]]
