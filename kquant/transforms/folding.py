@@ -7,10 +7,14 @@ import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
 from tensorflow.python.framework import tensor_util
 
-from kquant.graph import const_node
+from kquant.graph import const_node, is_control_input, node_name
 from kquant.transforms.pattern import P
 
 CONV_OPS = "Conv2D|DepthwiseConv2dNative|MatMul"
+# ops that compute the same on a tensor whatever its leading axes, as long as its channels stay last
+ELEMENTWISE_OPS = frozenset({"Relu", "Relu6", "Elu", "Selu", "LeakyRelu", "Tanh", "Sigmoid"})
+BINARY_OPS = frozenset({"Add", "AddV2", "Mul", "Maximum", "Minimum", "Sub", "RealDiv"})  # with a constant
+PER_CHANNEL_OPS = ELEMENTWISE_OPS | BINARY_OPS | {"BiasAdd"}
 
 CONV = P(CONV_OPS, "conv", P("*", "x"), P("Const", "weights"))
 BIASED_CONV = P("BiasAdd", "bias_add", CONV, P("Const", "bias"))
@@ -79,6 +83,22 @@ def conv_bias(match, channels: int) -> np.ndarray:
     if "bias" not in match.nodes:
         return np.zeros(channels)
     return const_value(match["bias"]).astype(np.float64).reshape(-1)
+
+
+def varies_only_along_channels(op, name: str, index) -> bool:
+    """Whether ``op`` reads node ``name`` once and computes the same whatever the leading axes of that tensor:
+    an elementwise activation, an NHWC BiasAdd of it, or a binary op with a scalar or per-channel constant
+    (Sub and RealDiv with it first). Reshapes that keep the channels last can move across such an op."""
+    data = [node_name(i) for i in op.input if not is_control_input(i)]
+    if data.count(name) != 1:
+        return False
+    if op.op in ELEMENTWISE_OPS:
+        return True
+    if op.op == "BiasAdd":
+        return data[0] == name and data_format(op) == "NHWC"
+    constant = index.by_name.get(data[1 - data.index(name)]) if len(data) == 2 else None
+    return (op.op in BINARY_OPS and constant is not None and constant.op == "Const" and const_value(constant).ndim <= 1
+            and (op.op not in ("Sub", "RealDiv") or data[0] == name))
 
 
 class StaticShapes:

@@ -76,6 +76,13 @@ class GraphIndex:
         """Names of the nodes that read ``name`` through a data or a control edge."""
         return {reader for reader, _ in self.readers.get(name, ())}
 
+    def only_reader(self, name: str):
+        """The one node reading ``name``, through its first output and a data edge; None if there is not exactly one."""
+        readers = self.readers.get(name, [])
+        if len(readers) != 1 or is_control_input(readers[0][1]) or output_index(readers[0][1]) != 0:
+            return None
+        return self.by_name[readers[0][0]]
+
     def unique_name(self, base: str) -> str:
         name, n = base, 1
         while name in self._taken:

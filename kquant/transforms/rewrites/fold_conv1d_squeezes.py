@@ -20,15 +20,17 @@ import numpy as np
 from tensorflow.core.framework import graph_pb2
 
 from kquant.graph import const_node, is_control_input, node_name, output_index
-from kquant.transforms.folding import const_value, data_format
+from kquant.transforms.folding import (
+    PER_CHANNEL_OPS,
+    const_value,
+    data_format,
+    varies_only_along_channels,
+)
 from kquant.transforms.pattern import GraphIndex, prune_unused
 from kquant.transforms.registry import register
 
 FOUR_D_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative", "MaxPool", "AvgPool"})
 POOL_OPS = frozenset({"MaxPool", "AvgPool"})
-ELEMENTWISE_OPS = frozenset({"Relu", "Relu6", "Elu", "Selu", "LeakyRelu", "Tanh", "Sigmoid"})
-BINARY_OPS = frozenset({"Add", "AddV2", "Mul", "Maximum", "Minimum", "Sub", "RealDiv"})
-ORDERED_OPS = frozenset({"Sub", "RealDiv"})  # the Squeeze must be their first input
 PAD_OPS = frozenset({"Pad", "PadV2"})
 
 
@@ -51,9 +53,9 @@ def _pool_over_axis_1(graph_def, protected) -> None:
         if pool.op not in POOL_OPS or data_format(pool) != "NHWC" or pool.name in protected:
             continue
         expand = index.by_name.get(node_name(pool.input[0]))
-        squeeze = _only_reader(index, pool.name)
+        squeeze = index.only_reader(pool.name)
         if (expand is None or expand.op != "ExpandDims" or _expanded_axis(expand, index) != 2
-                or _only_reader(index, expand.name) is not pool or squeeze is None or squeeze.op != "Squeeze"
+                or index.only_reader(expand.name) is not pool or squeeze is None or squeeze.op != "Squeeze"
                 or _squeezed_axis(squeeze, index) != 2 or expand.name in protected):
             continue
         axis = const_node(index.unique_name(f"{expand.name}/axis_1"), np.int32(1))
@@ -73,7 +75,7 @@ def _pad_after_expand_dims(graph_def, protected) -> None:
         pad = index.by_name.get(node_name(expand.input[0])) if expand.op == "ExpandDims" else None
         axis = _expanded_axis(expand, index) if pad is not None else None
         if (axis not in (1, 2) or pad.op not in PAD_OPS or pad.name in protected or expand.name in protected
-                or _only_reader(index, pad.name) is not expand or not _padding_3d(pad, index)):
+                or index.only_reader(pad.name) is not expand or not _padding_3d(pad, index)):
             continue
         readers = [index.by_name[name] for name in index.consumers(expand.name)]
         expand.input[0], pad.input[0] = pad.input[0], expand.name
@@ -103,7 +105,7 @@ def _sink_one_squeeze(graph_def, protected) -> bool:
     for squeeze in graph_def.node:
         if squeeze.op != "Squeeze" or squeeze.name in protected or _squeezed_axis(squeeze, index) not in (1, 2):
             continue
-        op = _only_reader(index, squeeze.name)
+        op = index.only_reader(squeeze.name)
         if op is None or op.name in protected or not _per_channel(op, squeeze.name, index):
             continue
         readers = [index.by_name[name] for name in index.consumers(op.name)]
@@ -167,34 +169,15 @@ def _four_d(name: str, index, depth: int = 0) -> bool:
         return False
     if node.op in FOUR_D_OPS:
         return data_format(node) == "NHWC"
-    if node.op in ELEMENTWISE_OPS | BINARY_OPS | PAD_OPS | {"BiasAdd"}:
+    if node.op in PER_CHANNEL_OPS | PAD_OPS:
         data = [i for i in node.input if not is_control_input(i)]
         return any(output_index(i) == 0 and _four_d(node_name(i), index, depth + 1) for i in data[:2])
     return False
 
 
-def _only_reader(index, name: str):
-    """The one node reading ``name`` (through its first output, by a data edge), or None."""
-    readers = index.readers.get(name, [])
-    if len(readers) != 1 or is_control_input(readers[0][1]) or output_index(readers[0][1]) != 0:
-        return None
-    return index.by_name[readers[0][0]]
-
-
 def _per_channel(op, squeeze_name: str, index) -> bool:
-    """Whether ``op`` computes the same on the 4-D tensor as on its squeezed form: it reads it once and
-    varies at most along the channels (the last axis)."""
-    data = [node_name(i) for i in op.input if not is_control_input(i)]
-    if data.count(squeeze_name) != 1:
-        return False
-    if op.op in ELEMENTWISE_OPS:
-        return True
-    if op.op == "BiasAdd":
-        return data[0] == squeeze_name and data_format(op) == "NHWC"
+    """Whether ``op`` computes the same on the 4-D tensor as on its squeezed form (a Pad, given paddings for it)."""
     if op.op in PAD_OPS:
-        return data[0] == squeeze_name and _padding_3d(op, index)
-    constants = [index.by_name.get(name) for name in data if name != squeeze_name]
-    if not all(node is not None and node.op == "Const" for node in constants) or data[0] != squeeze_name \
-            and op.op not in BINARY_OPS - ORDERED_OPS:
-        return False
-    return op.op in BINARY_OPS and len(data) == 2 and const_value(constants[0]).ndim <= 1
+        return [node_name(i) for i in op.input].count(squeeze_name) == 1 and node_name(op.input[0]) == squeeze_name \
+            and _padding_3d(op, index)
+    return varies_only_along_channels(op, squeeze_name, index)

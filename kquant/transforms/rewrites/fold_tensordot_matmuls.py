@@ -18,13 +18,14 @@ import numpy as np
 from tensorflow.core.framework import graph_pb2
 
 from kquant.graph import const_node, is_control_input, node_name, output_index
-from kquant.transforms.folding import StaticShapes, const_value, data_format
+from kquant.transforms.folding import (
+    PER_CHANNEL_OPS,
+    StaticShapes,
+    const_value,
+    varies_only_along_channels,
+)
 from kquant.transforms.pattern import GraphIndex, prune_unused
 from kquant.transforms.registry import register
-
-ELEMENTWISE_OPS = frozenset({"Relu", "Relu6", "Elu", "Selu", "LeakyRelu", "Tanh", "Sigmoid"})
-BINARY_OPS = frozenset({"Add", "AddV2", "Mul", "Maximum", "Minimum", "Sub", "RealDiv"})
-ORDERED_OPS = frozenset({"Sub", "RealDiv"})  # the Reshape must be their first input
 
 
 @register("fold_tensordot_matmuls")
@@ -49,7 +50,7 @@ def _constant_shapes(graph_def, protected, shapes) -> list[str]:
     def shape_of(tensor):
         node = index.by_name.get(node_name(tensor))
         for _ in range(64):
-            if node is None or node.name in known or node.op not in ELEMENTWISE_OPS | BINARY_OPS | {"BiasAdd"}:
+            if node is None or node.name in known or node.op not in PER_CHANNEL_OPS:
                 break
             node = index.by_name.get(node_name(node.input[0]))
         return known[node.name] if node is not None and node.name in known else shapes.of(tensor)
@@ -58,13 +59,13 @@ def _constant_shapes(graph_def, protected, shapes) -> list[str]:
         weights = index.by_name.get(node_name(matmul.input[1])) if matmul.op == "MatMul" else None
         if weights is None or weights.op != "Const" or matmul.attr["transpose_a"].b or matmul.attr["transpose_b"].b:
             continue
-        reshape_in, reshape_out = index.by_name.get(node_name(matmul.input[0])), _only_reader(index, matmul.name)
-        if not (_is_reshape(reshape_in) and _is_reshape(reshape_out)) or _only_reader(index, reshape_in.name) is not matmul \
+        reshape_in, reshape_out = index.by_name.get(node_name(matmul.input[0])), index.only_reader(matmul.name)
+        if not (_is_reshape(reshape_in) and _is_reshape(reshape_out)) or index.only_reader(reshape_in.name) is not matmul \
                 or {reshape_in.name, reshape_out.name} & protected:
             continue
         source = index.by_name.get(node_name(reshape_in.input[0]))
         transpose = source if source is not None and source.op == "Transpose" and _identity_perm(source, index) \
-            and _only_reader(index, source.name) is reshape_in and source.name not in protected else None
+            and index.only_reader(source.name) is reshape_in and source.name not in protected else None
         x = transpose.input[0] if transpose is not None else reshape_in.input[0]
         k, n = const_value(weights).shape
         x_shape = shape_of(x)
@@ -104,8 +105,8 @@ def _sink_one_reshape(graph_def, protected) -> bool:
         shape = index.by_name.get(node_name(reshape.input[1]))
         if shape is None or shape.op != "Const" or const_value(shape).reshape(-1)[-1] != _chain_channels(reshape.input[0], index):
             continue
-        op = _only_reader(index, reshape.name)
-        if op is None or op.name in protected or not _per_channel(op, reshape.name, index):
+        op = index.only_reader(reshape.name)
+        if op is None or op.name in protected or not varies_only_along_channels(op, reshape.name, index):
             continue
         readers = [index.by_name[name] for name in index.consumers(op.name)]
         op.input[[node_name(i) for i in op.input].index(reshape.name)] = reshape.input[0]
@@ -150,26 +151,11 @@ def _chain_channels(tensor: str, index) -> int | None:
             if weights is None or weights.op != "Const" or node.attr["transpose_a"].b:
                 return None
             return const_value(weights).shape[0 if node.attr["transpose_b"].b else 1]
-        if node.op not in ELEMENTWISE_OPS | BINARY_OPS | {"BiasAdd"}:
+        if node.op not in PER_CHANNEL_OPS:
             return None
         tensor = node.input[0]
         node = index.by_name.get(node_name(tensor))
     return None
-
-
-def _per_channel(op, reshape_name: str, index) -> bool:
-    """Whether ``op`` computes the same before the Reshape as after it: it reads it once and varies at most
-    along the channels (the last axis, which the Reshape keeps)."""
-    data = [node_name(i) for i in op.input if not is_control_input(i)]
-    if data.count(reshape_name) != 1:
-        return False
-    if op.op in ELEMENTWISE_OPS:
-        return True
-    if op.op == "BiasAdd":
-        return data[0] == reshape_name and data_format(op) == "NHWC"
-    constant = index.by_name.get(data[1 - data.index(reshape_name)]) if len(data) == 2 else None
-    return (op.op in BINARY_OPS and constant is not None and constant.op == "Const" and const_value(constant).ndim <= 1
-            and (op.op not in ORDERED_OPS or data[0] == reshape_name))
 
 
 def _identity_perm(transpose, index) -> bool:
@@ -179,11 +165,3 @@ def _identity_perm(transpose, index) -> bool:
 
 def _is_reshape(node) -> bool:
     return node is not None and node.op == "Reshape"
-
-
-def _only_reader(index, name: str):
-    """The one node reading ``name`` (through its first output, by a data edge), or None."""
-    readers = index.readers.get(name, [])
-    if len(readers) != 1 or is_control_input(readers[0][1]) or output_index(readers[0][1]) != 0:
-        return None
-    return index.by_name[readers[0][0]]
