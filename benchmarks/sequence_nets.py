@@ -1,0 +1,87 @@
+"""What kquant's sequence transforms do for two nets on Fashion-MNIST rows: int8 accuracy, ops and time, with and without them.
+
+    python benchmarks/sequence_nets.py [--nets conv1d,dense] [--runs 200]
+
+Each net reads an image as a sequence of 28 rows of 28 pixels and trains 2 epochs on 20k images:
+- conv1d: Conv1D + ReLU, MaxPooling1D, Conv1D + BatchNormalization + ReLU, Flatten, Dense (as
+  tests/quantization/test_real_data.py trains it), with and without ``fold_conv1d_squeezes``;
+- dense: Dense + ReLU and Dense + GELU on each row, Flatten, Dense, with and without
+  ``fold_tensordot_matmuls``.
+Both variants quantize on 1000 training images; "without" runs kquant's list minus the transform.
+Printed: test accuracy (10k images), the int8 graph's ops, then the median ms per call of the optimized
+fp32 graphs and the int8 graphs at batch 1, 32 and 128, timed in interleaved rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+
+import numpy as np
+
+import kquant
+from kquant import datasets, transforms
+from kquant.benchmark import time_interleaved
+from kquant.runtime import GraphRunner
+
+NETS = {"conv1d": "fold_conv1d_squeezes", "dense": "fold_tensordot_matmuls"}  # net -> the transform it shows
+
+
+def train(net):
+    import keras
+
+    x, y = datasets.fashion_mnist("train")
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    if net == "conv1d":
+        body = [layers.Conv1D(32, 3, padding="same", activation="relu"), layers.MaxPooling1D(2),
+                layers.Conv1D(32, 3, use_bias=False), layers.BatchNormalization(), layers.ReLU()]
+    else:
+        body = [layers.Dense(64, activation="relu"), layers.Dense(32, activation="gelu")]
+    model = keras.Sequential([keras.Input((28, 28)), *body, layers.Flatten(), layers.Dense(10)])
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:20000].reshape(-1, 28, 28), y[:20000], epochs=2, batch_size=128, verbose=0)
+    return model, x[:1000].reshape(-1, 28, 28)
+
+
+def measure(net, runs):
+    transform = NETS[net]
+    model, calibration = train(net)
+    xt, yt = datasets.fashion_mnist("test")
+    xt = xt.reshape(-1, 28, 28)
+    print(f"{net}: fp32 accuracy {100 * np.mean(model.predict(xt, verbose=0).argmax(1) == yt):.2f} %")
+    position = transforms.optimize_for_inference_trans.index(transform)
+    runners = {}
+    for variant in ("without", "with"):
+        if variant == "without":
+            transforms.optimize_for_inference_trans.remove(transform)
+        else:
+            transforms.optimize_for_inference_trans.insert(position, transform)
+        fp32 = transforms.optimize_for_inference(kquant.freeze(model))
+        int8 = kquant.quantize(model, calibration, progress=False)
+        ops = collections.Counter({op: n for op, n in int8.op_counts().items() if op != "Const"})
+        print(f"  {variant} {transform}: int8 accuracy {100 * np.mean(int8.predict(xt).argmax(1) == yt):.2f} %, "
+              f"{sum(ops.values())} int8-graph ops: " + ", ".join(f"{n} {op}" for op, n in ops.most_common()))
+        runners[f"fp32 {variant}"] = GraphRunner(fp32.graph_def, fp32.input_names, fp32.output_names)
+        runners[f"int8 {variant}"] = GraphRunner(int8.graph_def, fp32.input_names, fp32.output_names)
+    try:
+        for batch in (1, 32, 128):
+            times = time_interleaved({name: functools.partial(run, xt[:batch]) for name, run in runners.items()}, runs)
+            print(f"  batch {batch:3d} median ms: " + ", ".join(f"{name} {1e3 * float(np.median(t)):.3f}" for name, t in times.items()))
+    finally:
+        for run in runners.values():
+            run.close()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", default=",".join(NETS), help=f"comma-separated subset of {','.join(NETS)}")
+    parser.add_argument("--runs", type=int, default=200, help="timed calls per graph and batch size (default 200)")
+    args = parser.parse_args(argv)
+    for net in args.nets.split(","):
+        measure(net, args.runs)
+
+
+if __name__ == "__main__":
+    main()
