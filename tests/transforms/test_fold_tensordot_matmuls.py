@@ -40,6 +40,11 @@ def test_dense_layers_on_a_sequence_are_matmuls_followed_by_their_bias(library):
     result = transformed(case, optimize_for_inference_trans)
     assert_ops(result, Transpose=0, GatherV2=0, ConcatV2=0, MatMul=4, BiasAdd=4)
     assert matmul_readers(result) == ["BiasAdd"] * 4  # every bias right after its MatMul
+    nodes = {n.name: n for n in result.graph_def.node}
+    node = next(n for n in result.graph_def.node if n.op == "Erfc")  # the GELU computes on the MatMul's 2-D output
+    while node.op != "MatMul":
+        node = nodes[next(i for i in node.input if nodes[i.split(":")[0]].op != "Const").split(":")[0]]
+        assert node.op != "Reshape"
 
 
 def test_quantized_dense_layers_on_a_sequence_form_one_int8_chain():
@@ -47,12 +52,12 @@ def test_quantized_dense_layers_on_a_sequence_form_one_int8_chain():
 
     keras.utils.set_random_seed(0)
     layers = keras.layers
-    model = keras.Sequential([keras.Input((10, 12)), layers.Dense(16, activation="relu"), layers.Dense(16, activation="tanh"),
-                              layers.Dense(8), layers.Flatten(), layers.Dense(4)])
+    model = keras.Sequential([keras.Input((10, 12)), layers.Dense(16, activation="relu"), layers.Dense(16, activation="gelu"),
+                              layers.Dense(16, activation="tanh"), layers.Dense(8), layers.Flatten(), layers.Dense(4)])
     x = np.random.default_rng(0).normal(0.2, 1.0, (80, 10, 12)).astype(np.float32)
     counts = kquant.quantize(model, x[:64], progress=False).op_counts()
-    assert counts["_QuantizedMatMul"] == 4 and counts["QuantizeV2"] == 1
-    assert not {"Dequantize", "BiasAdd", "Relu", "Tanh", "MatMul"} & set(counts), counts
+    assert counts["_QuantizedMatMul"] == 5 and counts["QuantizeV2"] == 1
+    assert not {"Dequantize", "BiasAdd", "Relu", "Tanh", "Erfc", "Mul", "MatMul"} & set(counts), counts
     assert_tracks_exact_8bit(model, x)  # within 2x the error of exact 8-bit arithmetic, repeatable
 
 

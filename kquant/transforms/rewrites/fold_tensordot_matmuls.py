@@ -5,8 +5,8 @@ Transpose, and with the shape computed at run time from Shape -> GatherV2 -> Pro
 Reshape back; its BiasAdd and activation come after that Reshape, where no fusion finds them. Where the
 sizes between batch and K are static, this transform
 - gives both Reshapes constant shapes ([-1, K] in, [-1, ..., N] out) and drops the identity Transpose;
-- moves the Reshape back below the per-channel ops after it (BiasAdd, an elementwise activation, an
-  Add/Sub/Mul/RealDiv/Maximum/Minimum by a scalar or per-channel constant);
+- moves the Reshape back below the elementwise ops after it (BiasAdd, an activation, a GELU's ops, arithmetic
+  with scalar or per-channel constants), putting it back only where something else reads them;
 - reads through a Reshape of a Reshape, and drops a Reshape to [-1, N] of a MatMul chain's [rows, N] output.
 So consecutive Dense layers on a sequence are MatMul -> BiasAdd -> activation -> MatMul, and the shape
 computation goes. Graph inputs and outputs keep their shapes.
@@ -22,10 +22,13 @@ from kquant.transforms.folding import (
     PER_CHANNEL_OPS,
     StaticShapes,
     const_value,
-    varies_only_along_channels,
+    data_format,
 )
 from kquant.transforms.pattern import GraphIndex, prune_unused
 from kquant.transforms.registry import register
+
+# elementwise ops a Reshape can move below: the per-channel ones and the ones of a GELU
+ELEMENTWISE_MATH = PER_CHANNEL_OPS | {"Neg", "Erf", "Erfc", "Pow", "Square", "Sqrt", "Rsqrt", "Exp", "Log", "Softplus", "Abs"}
 
 
 @register("fold_tensordot_matmuls")
@@ -36,8 +39,7 @@ def fold_tensordot_matmuls(graph_def, context):
     dropped = []
     while folded := _constant_shapes(result, protected, StaticShapes(result)):  # TensorFlow then infers more shapes
         dropped += folded
-    while _sink_one_reshape(result, protected):
-        pass
+    _sink_reshapes(result, protected)
     return prune_unused(result, dropped + _read_through_reshapes(result, protected), protected)
 
 
@@ -96,25 +98,64 @@ def _tensordot_output_shape(tensor: str, x: str, n: int, rank: int, index) -> bo
             and const_value(free).tolist() == list(range(rank - 1)))
 
 
-def _sink_one_reshape(graph_def, protected) -> bool:
-    """Move one Reshape that keeps a MatMul chain's channels last below the per-channel op that alone reads it."""
+def _sink_reshapes(graph_def, protected) -> None:
+    """Move each Reshape that keeps a MatMul chain's channels last below the elementwise ops after it (an
+    activation, a bias, a GELU's several ops): they read its input instead, and a Reshape is put back only
+    where something else reads them."""
     index = GraphIndex(graph_def)
-    for reshape in graph_def.node:
-        if not _is_reshape(reshape) or reshape.name in protected or _chain_channels(reshape.input[0], index) is None:
+    for reshape in list(graph_def.node):
+        shape = index.by_name.get(node_name(reshape.input[1])) if _is_reshape(reshape) else None
+        channels = _chain_channels(reshape.input[0], index) if shape is not None and shape.op == "Const" else None
+        if channels is None or reshape.name in protected or const_value(shape).reshape(-1)[-1] != channels:
             continue
-        shape = index.by_name.get(node_name(reshape.input[1]))
-        if shape is None or shape.op != "Const" or const_value(shape).reshape(-1)[-1] != _chain_channels(reshape.input[0], index):
+        region = _elementwise_region(reshape.name, index, protected)
+        if not region:
             continue
-        op = index.only_reader(reshape.name)
-        if op is None or op.name in protected or not varies_only_along_channels(op, reshape.name, index):
-            continue
-        readers = [index.by_name[name] for name in index.consumers(op.name)]
-        op.input[[node_name(i) for i in op.input].index(reshape.name)] = reshape.input[0]
-        reshape.input[0] = op.name
-        for reader in readers:
-            reader.input[:] = [reshape.name if not is_control_input(i) and node_name(i) == op.name else i for i in reader.input]
-        return True
-    return False
+        for node in region:
+            node.input[:] = [reshape.input[0] if not is_control_input(i) and node_name(i) == reshape.name else i
+                             for i in node.input]
+        names = {node.name for node in region}
+        for node in region:
+            outside = [index.by_name[r] for r in index.consumers(node.name) if r not in names]
+            if not outside:
+                continue
+            back = graph_def.node.add()
+            back.CopyFrom(reshape)
+            back.name = index.unique_name(f"{node.name}/reshaped")
+            back.input[:] = [node.name, reshape.input[1]]
+            for reader in outside:
+                reader.input[:] = [back.name if not is_control_input(i) and node_name(i) == node.name else i
+                                   for i in reader.input]
+        index = GraphIndex(graph_def)
+
+
+def _elementwise_region(reshape_name: str, index, protected) -> list:
+    """The elementwise ops that depend on the Reshape through elementwise ops only, each reading nothing else but
+    scalar or per-channel constants: they compute the same on its input."""
+    region, names = [], {reshape_name}
+    candidates = [index.by_name[r] for r in index.consumers(reshape_name)]
+    while candidates:
+        joined = [node for node in candidates if node.name not in names and node.name not in protected
+                  and node.op in ELEMENTWISE_MATH and _reads_only(node, names, index)]
+        if not joined:
+            break
+        for node in joined:
+            region.append(node)
+            names.add(node.name)
+        candidates = [index.by_name[r] for node in joined for r in index.consumers(node.name)]
+    return region
+
+
+def _reads_only(node, names, index) -> bool:
+    """Whether every data input of ``node`` is one of ``names`` or a scalar or per-channel constant."""
+    for tensor in (i for i in node.input if not is_control_input(i)):
+        source = index.by_name.get(node_name(tensor))
+        if node_name(tensor) in names:
+            if output_index(tensor) != 0:
+                return False
+        elif source is None or source.op != "Const" or const_value(source).ndim > 1:
+            return False
+    return node.op != "BiasAdd" or data_format(node) == "NHWC"
 
 
 def _read_through_reshapes(graph_def, protected) -> list[str]:
@@ -151,9 +192,13 @@ def _chain_channels(tensor: str, index) -> int | None:
             if weights is None or weights.op != "Const" or node.attr["transpose_a"].b:
                 return None
             return const_value(weights).shape[0 if node.attr["transpose_b"].b else 1]
-        if node.op not in PER_CHANNEL_OPS:
+        if node.op not in ELEMENTWISE_MATH:
             return None
-        tensor = node.input[0]
+        computed = [i for i in node.input if not is_control_input(i) and index.by_name.get(node_name(i)) is not None
+                    and index.by_name[node_name(i)].op != "Const"]
+        if not computed:
+            return None
+        tensor = computed[0]
         node = index.by_name.get(node_name(tensor))
     return None
 
