@@ -35,7 +35,7 @@ class Unit:
     output: str          # the node whose output it produces
     weights: str = ""    # Const node of the filter / matrix
     bias: str = ""       # Const node of the bias ("" = none)
-    activation: str = ""  # "", "Relu" or (conv only) "Relu6"
+    activation: str = ""  # "" or one of ACTIVATIONS[kind]; a MatMul's GELU is "GeluExact" or "GeluApproximate"
     summand: str = ""    # conv only: the tensor a residual Add adds (before the ReLU, if any), fused as oneDNN's sum
     pre_sum: str = ""    # with a summand: the node holding conv + bias, before the Add
     more_inputs: tuple = ()  # ConcatV2 only: the tensors it joins after data_input

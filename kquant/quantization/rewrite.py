@@ -33,6 +33,7 @@ from kquant.quantization.patterns import (
     tensors_read_as_int8,
     topological_order,
 )
+from kquant.transforms.folding import StaticShapes
 
 CONV_OP_NAMES = {"Conv2D": "_FusedQuantizedConv2D", "DepthwiseConv2dNative": "_FusedQuantizedDepthwiseConv2D"}
 CONV_ATTRS = ("strides", "padding", "dilations", "explicit_paddings", "data_format")
@@ -87,7 +88,7 @@ class _Rewriter:
         self.new_nodes = []
         self.scopes = 0
         self.emitted: list[Unit] = []  # the units as emitted, in graph order
-        self.shapes: tf.Graph | None = None
+        self.shapes = StaticShapes(self.graph_def)  # imports the graph when first asked
 
     def run(self, units, outputs):
         order = {node.name: i for i, node in enumerate(topological_order(self.graph_def, self.nodes))}
@@ -363,12 +364,8 @@ class _Rewriter:
         axis = int(_const_value(self.nodes[node_name(self.nodes[unit.anchor].input[-1])]))
         if axis >= 0:
             return axis
-        if self.shapes is None:  # imported once, for TensorFlow's shape inference
-            self.shapes = tf.Graph()
-            with self.shapes.as_default():
-                tf.graph_util.import_graph_def(self.graph_def, name="")
-        rank = self.shapes.get_tensor_by_name(unit.output_tensor).shape.rank
-        return None if rank is None else axis + rank
+        shape = self.shapes.of(unit.output_tensor)
+        return None if shape is None else axis + len(shape)
 
     def _bias(self, unit: Unit, channels: int) -> np.ndarray:
         if not unit.bias:
