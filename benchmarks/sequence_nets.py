@@ -1,13 +1,16 @@
-"""What kquant's sequence transforms do for two nets on Fashion-MNIST rows: int8 accuracy, ops and time, with and without them.
+"""What kquant's sequence transforms do for three nets on Fashion-MNIST rows: int8 accuracy, ops and time, with and without them.
 
-    python benchmarks/sequence_nets.py [--nets conv1d,dense] [--runs 200]
+    python benchmarks/sequence_nets.py [--nets conv1d,dense,attention] [--runs 200]
 
 Each net reads an image as a sequence of 28 rows of 28 pixels and trains 2 epochs on 20k images:
 - conv1d: Conv1D + ReLU, MaxPooling1D, Conv1D + BatchNormalization + ReLU, Flatten, Dense (as
   tests/quantization/test_real_data.py trains it), with and without ``fold_conv1d_squeezes``;
 - dense: Dense + ReLU and Dense + GELU on each row, Flatten, Dense, with and without
-  ``fold_tensordot_matmuls``.
-Both variants quantize on 1000 training images; "without" runs kquant's list minus the transform.
+  ``fold_tensordot_matmuls``;
+- attention: a Dense embedding, MultiHeadAttention and a Dense + GELU feed-forward, each with a residual Add
+  and LayerNormalization, Flatten, Dense (as tests/quantization/test_real_data.py trains it), with and without
+  ``fold_tensordot_matmuls`` (which also makes the attention projections MatMuls).
+Every variant quantizes on 1000 training images; "without" runs kquant's list minus the transform.
 Printed: test accuracy (10k images), the int8 graph's ops, then the median ms per call of the optimized
 fp32 graphs and the int8 graphs at batch 1, 32 and 128, timed in interleaved rounds.
 """
@@ -25,7 +28,8 @@ from kquant import datasets, transforms
 from kquant.benchmark import time_interleaved
 from kquant.runtime import GraphRunner
 
-NETS = {"conv1d": "fold_conv1d_squeezes", "dense": "fold_tensordot_matmuls"}  # net -> the transform it shows
+# net -> the transform it shows
+NETS = {"conv1d": "fold_conv1d_squeezes", "dense": "fold_tensordot_matmuls", "attention": "fold_tensordot_matmuls"}
 
 
 def train(net):
@@ -34,12 +38,17 @@ def train(net):
     x, y = datasets.fashion_mnist("train")
     keras.utils.set_random_seed(0)
     layers = keras.layers
-    if net == "conv1d":
-        body = [layers.Conv1D(32, 3, padding="same", activation="relu"), layers.MaxPooling1D(2),
-                layers.Conv1D(32, 3, use_bias=False), layers.BatchNormalization(), layers.ReLU()]
+    if net == "attention":
+        inputs = keras.Input((28, 28))
+        h = layers.Dense(32)(inputs)
+        h = layers.LayerNormalization()(layers.Add()([h, layers.MultiHeadAttention(num_heads=2, key_dim=16)(h, h)]))
+        h = layers.LayerNormalization()(layers.Add()([h, layers.Dense(32)(layers.Dense(64, activation="gelu")(h))]))
+        model = keras.Model(inputs, layers.Dense(10)(layers.Flatten()(h)))
     else:
-        body = [layers.Dense(64, activation="relu"), layers.Dense(32, activation="gelu")]
-    model = keras.Sequential([keras.Input((28, 28)), *body, layers.Flatten(), layers.Dense(10)])
+        body = ([layers.Conv1D(32, 3, padding="same", activation="relu"), layers.MaxPooling1D(2),
+                 layers.Conv1D(32, 3, use_bias=False), layers.BatchNormalization(), layers.ReLU()] if net == "conv1d"
+                else [layers.Dense(64, activation="relu"), layers.Dense(32, activation="gelu")])
+        model = keras.Sequential([keras.Input((28, 28)), *body, layers.Flatten(), layers.Dense(10)])
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x[:20000].reshape(-1, 28, 28), y[:20000], epochs=2, batch_size=128, verbose=0)
     return model, x[:1000].reshape(-1, 28, 28)

@@ -74,6 +74,15 @@ def find_units(graph_def, excluded_ops=(), excluded_nodes=()) -> list[Unit]:
         units.append(unit)
         produced.add(unit.output_tensor)
         claimed.update(unit.nodes)
+    return _without_unread_reshapes(units)
+
+
+def _without_unread_reshapes(units) -> list[Unit]:
+    """``units`` without the Reshapes no unit reads in int8 (attention's query, key and value projections, read by
+    an fp32 Einsum): the unit before one hands it fp32 instead, a MatMul dequantizing in its kernel, so the
+    tensor skips a rounding and the graph a QuantizedReshape and a Dequantize."""
+    while unread := [u for u in units if u.kind == "Reshape" and u.output_tensor not in tensors_read_as_int8(units)]:
+        units = [u for u in units if u not in unread]
     return units
 
 

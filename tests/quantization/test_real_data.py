@@ -100,3 +100,30 @@ def test_conv1d_net_on_fashion_rows_int8_within_half_a_point_and_one_int8_chain(
     # one QuantizeV2 for the sequence; convs, pooling and flatten in int8, the batch norm folded into the conv
     assert ops["_FusedQuantizedConv2D"] == 2 and ops["QuantizeV2"] == 1 and ops["QuantizedMaxPool"] == 1
     assert not {"Dequantize", "BiasAdd", "Relu", "Mul", "Squeeze"} & set(ops), ops
+
+
+def test_transformer_encoder_on_fashion_rows_int8_within_half_a_point_with_every_projection_in_int8(fashion):
+    """Rows as tokens: Dense embedding, MultiHeadAttention and a Dense + GELU feed-forward, each with a residual Add
+    and LayerNormalization, Flatten, Dense."""
+    import keras
+
+    _, x, xt, yt = fashion
+    x, xt = x.reshape(-1, 28, 28), xt.reshape(-1, 28, 28)
+    y = datasets.fashion_mnist("train")[1]
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inputs = keras.Input((28, 28))
+    h = layers.Dense(32)(inputs)
+    h = layers.LayerNormalization()(layers.Add()([h, layers.MultiHeadAttention(num_heads=2, key_dim=16)(h, h)]))
+    h = layers.LayerNormalization()(layers.Add()([h, layers.Dense(32)(layers.Dense(64, activation="gelu")(h))]))
+    model = keras.Model(inputs, layers.Dense(10)(layers.Flatten()(h)))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x[:20000], y[:20000], epochs=2, batch_size=128, verbose=0)
+    qmodel = kquant.quantize(model, x[:1000], progress=False)
+    fp32, int8 = accuracy(model.predict(xt, verbose=0), yt), accuracy(qmodel.predict(xt), yt)
+    assert fp32 > 80.0
+    assert abs(fp32 - int8) <= 0.5, (fp32, int8)
+    ops = qmodel.op_counts()
+    # embedding, query, key, value, output, two feed-forward and the head; attention's two Einsums stay fp32
+    assert ops["_QuantizedMatMul"] == 8 and ops["Einsum"] == 2
+    assert not {"MatMul", "BatchMatMulV2", "QuantizedReshape"} & set(ops), ops

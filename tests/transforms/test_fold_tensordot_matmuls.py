@@ -1,13 +1,21 @@
-"""fold_tensordot_matmuls: Dense layers on sequences run as one 2-D MatMul chain, each followed by its bias and activation."""
+"""fold_tensordot_matmuls: Dense layers on sequences and attention's projections run as 2-D MatMuls, each followed by its bias."""
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import kquant
 from kquant.transforms import optimize_for_inference_trans
 from tests.quantization.test_random_architectures import assert_tracks_exact_8bit
 
-from .conftest import Case, assert_ops, count_ops, transformed
+from .conftest import (
+    Case,
+    assert_ops,
+    case_from_function,
+    constant,
+    count_ops,
+    transformed,
+)
 
 
 def sequence_net(keras, steps=10):
@@ -70,3 +78,63 @@ def test_a_sequence_of_unknown_length_is_left_alone():
     case = Case(kquant.freeze(model), [x], [model(x).numpy()])
     before = transformed(case, [t for t in optimize_for_inference_trans if t != "fold_tensordot_matmuls"])
     assert count_ops(transformed(case, optimize_for_inference_trans)) == count_ops(before)
+
+
+def attention_net(keras):
+    """Dense, MultiHeadAttention (EinsumDense projections), LayerNormalization, two EinsumDense with biases over
+    one and two axes, a Dense + GELU and a Dense head."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((10, 12))
+    x = layers.Dense(16)(inputs)
+    x = layers.LayerNormalization()(layers.Add()([x, layers.MultiHeadAttention(num_heads=2, key_dim=8)(x, x)]))
+    x = layers.EinsumDense("abc,cd->abd", output_shape=(None, 16), bias_axes="d")(x)
+    x = layers.EinsumDense("abc,cde->abde", output_shape=(None, 4, 4), bias_axes="de", activation="relu")(x)
+    x = layers.Dense(16, activation="gelu")(layers.Reshape((10, 16))(x))
+    return keras.Model(inputs, layers.Dense(3)(layers.Flatten()(x)))
+
+
+@pytest.mark.parametrize("library", ["keras", "tf_keras"])
+def test_attention_projections_and_einsum_dense_are_matmuls_followed_by_their_bias(library):
+    model = attention_net(pytest.importorskip(library))
+    x = np.random.default_rng(0).standard_normal((3, 10, 12)).astype(np.float32)
+    case = Case(kquant.freeze(model), [x], [model(x).numpy()])
+    before = count_ops(transformed(case, [t for t in optimize_for_inference_trans if t != "fold_tensordot_matmuls"]))
+    assert before["BatchMatMulV2"] + before["Einsum"] == 8  # 6 projections by a constant, 2 of activations
+    result = transformed(case, optimize_for_inference_trans)
+    assert_ops(result, BatchMatMulV2=0, Einsum=2, MatMul=9)  # attention's scores and mix stay products of activations
+    assert sorted(set(matmul_readers(result))) in (["BiasAdd"], ["AddV2", "BiasAdd"])  # each bias right after its MatMul
+    nodes = {n.name: n for n in result.graph_def.node}
+    for matmul in (n for n in result.graph_def.node if n.op == "MatMul"):
+        bias = next(n for n in result.graph_def.node if matmul.name in n.input)
+        assert nodes[bias.input[1]].op == "Const" and np.ndim(tf.make_ndarray(nodes[bias.input[1]].attr["value"].tensor)) == 1
+
+
+def test_quantized_attention_projections_run_as_int8_matmuls():
+    import keras
+
+    model = attention_net(keras)
+    x = np.random.default_rng(0).normal(0.2, 1.0, (80, 10, 12)).astype(np.float32)
+    counts = kquant.quantize(model, x[:64], progress=False).op_counts()
+    assert counts["_QuantizedMatMul"] == 9 and "MatMul" not in counts and "BatchMatMulV2" not in counts
+    # query, key and value hand fp32 to attention from their kernels: no int8 Reshape and Dequantize after them
+    assert counts["Dequantize"] == 1 and counts.get("QuantizedReshape", 0) <= 1, counts
+    assert_tracks_exact_8bit(model, x)
+
+
+@pytest.mark.parametrize("equation, weights", [("abc,dc->abd", (5, 4)),  # the constant's contracted axis is last
+                                               ("abc,cd->adb", (4, 5)),  # the output's axes reordered
+                                               ("abc,bcd->abd", (3, 4, 5))])  # a weight per step
+def test_einsums_other_than_a_tensordot_are_left_alone(equation, weights):
+    w = constant(*weights)
+    case = case_from_function(lambda x: tf.einsum(equation, x, w), (3, 4))
+    assert_ops(transformed(case, ["fold_tensordot_matmuls"]), Einsum=1, MatMul=0)
+
+
+def test_a_constant_broadcasting_beyond_the_split_channels_stays_after_the_reshape():
+    w, wide = constant(4, 2), constant(2, 5, seed=1)
+    case = case_from_function(lambda x: tf.reshape(tf.einsum("abc,cd->abd", x, w), [-1, 3, 2, 1]) + wide, (3, 4))
+    result = transformed(case, ["fold_tensordot_matmuls"])  # the sum is [batch, 3, 2, 5]: the Add cannot move
+    nodes = {n.name: n for n in result.graph_def.node}
+    add = next(n for n in result.graph_def.node if n.op == "AddV2")
+    assert {nodes[i].op for i in add.input} == {"Reshape", "Const"}

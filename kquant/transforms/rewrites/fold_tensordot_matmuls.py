@@ -9,13 +9,16 @@ sizes between batch and K are static, this transform
   with scalar or per-channel constants), putting it back only where something else reads them;
 - reads through a Reshape of a Reshape, and drops a Reshape to [-1, N] of a MatMul chain's [rows, N] output.
 So consecutive Dense layers on a sequence are MatMul -> BiasAdd -> activation -> MatMul, and the shape
-computation goes. Graph inputs and outputs keep their shapes.
+computation goes. The same holds for an EinsumDense (attention's query, key, value and output projections): a
+BatchMatMulV2 or Einsum of a tensor by a constant that contracts the tensor's last axes with the constant's
+first ones becomes Reshape -> MatMul -> Reshape, and a bias over the split channels ([heads, size]) moves with
+the Reshape as one per-channel vector. Graph inputs and outputs keep their shapes.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from tensorflow.core.framework import graph_pb2
+from tensorflow.core.framework import graph_pb2, node_def_pb2, types_pb2
 
 from kquant.graph import const_node, is_control_input, node_name, output_index
 from kquant.transforms.folding import (
@@ -27,6 +30,7 @@ from kquant.transforms.folding import (
 from kquant.transforms.pattern import GraphIndex, prune_unused
 from kquant.transforms.registry import register
 
+PRODUCT_OPS = frozenset({"BatchMatMul", "BatchMatMulV2", "Einsum"})  # with a constant: how EinsumDense runs
 # elementwise ops a Reshape can move below: the per-channel ones and the ones of a GELU
 ELEMENTWISE_MATH = PER_CHANNEL_OPS | {"Neg", "Erf", "Erfc", "Pow", "Square", "Sqrt", "Rsqrt", "Exp", "Log", "Softplus", "Abs"}
 
@@ -37,10 +41,69 @@ def fold_tensordot_matmuls(graph_def, context):
     result = graph_pb2.GraphDef()
     result.CopyFrom(graph_def)
     dropped = []
-    while folded := _constant_shapes(result, protected, StaticShapes(result)):  # TensorFlow then infers more shapes
+    while folded := (_products_as_tensordots(result, protected, StaticShapes(result))
+                     + _constant_shapes(result, protected, StaticShapes(result))):  # TensorFlow then infers more shapes
         dropped += folded
+    dropped += _read_through_reshapes(result, protected)
     _sink_reshapes(result, protected)
     return prune_unused(result, dropped + _read_through_reshapes(result, protected), protected)
+
+
+def _products_as_tensordots(graph_def, protected, shapes) -> list[str]:
+    """Rewrite each product of a tensor by a constant that is a tensordot (BatchMatMulV2, Einsum) as Reshape ->
+    MatMul -> Reshape with constant shapes, the last Reshape named as the product; returns the constants left unread."""
+    index = GraphIndex(graph_def)
+    dropped = []
+    for node in list(graph_def.node):
+        if node.op not in PRODUCT_OPS or node.name in protected or len(index.data_inputs(node)) != 2:
+            continue
+        x, weights = node.input[0], index.by_name.get(node_name(node.input[1]))
+        x_shape = shapes.of(x) if weights is not None and weights.op == "Const" else None
+        if not x_shape or None in x_shape[1:] or output_index(x) != 0:
+            continue
+        product = _tensordot_form(node, const_value(weights), x_shape)
+        if product is None:
+            continue
+        kept, matrix, free = product
+        name, dtype, controls = node.name, node.attr["T"], [i for i in node.input if is_control_input(i)]
+        shape_in = const_node(index.unique_name(f"{name}/shape_2d"), np.asarray([-1, matrix.shape[0]], np.int32))
+        shape_out = const_node(index.unique_name(f"{name}/shape_nd"), np.asarray([-1, *x_shape[1:kept], *free], np.int32))
+        matrix = const_node(index.unique_name(f"{name}/weights_2d"), matrix)
+        flat = _typed_node("Reshape", index.unique_name(f"{name}/flat"), [x, shape_in.name], dtype)
+        matmul = _typed_node("MatMul", index.unique_name(f"{name}/matmul"), [flat.name, matrix.name, *controls], dtype)
+        node.CopyFrom(_typed_node("Reshape", name, [matmul.name, shape_out.name], dtype))
+        graph_def.node.extend([shape_in, shape_out, matrix, flat, matmul])
+        dropped.append(weights.name)
+    return dropped
+
+
+def _typed_node(op: str, name: str, inputs, dtype) -> node_def_pb2.NodeDef:
+    """A MatMul, or a Reshape by an int32 shape, computing in ``dtype`` (an AttrValue)."""
+    node = node_def_pb2.NodeDef(name=name, op=op, input=list(inputs))
+    node.attr["T"].CopyFrom(dtype)
+    if op == "Reshape":
+        node.attr["Tshape"].type = types_pb2.DT_INT32
+    return node
+
+
+def _tensordot_form(node, weights: np.ndarray, x_shape) -> tuple[int, np.ndarray, list] | None:
+    """(x's axes kept, the constant as a [K, N] matrix, the output's trailing sizes) when ``node`` contracts x's
+    last axes with the constant's first ones and keeps x's other axes in order; None otherwise."""
+    if node.op == "Einsum":
+        inputs, _, output = node.attr["equation"].s.decode().partition("->")
+        x, _, w = inputs.partition(",")
+        contracted = "".join(c for c in x if c not in output)
+        kept, free = x[:len(x) - len(contracted)], w[len(contracted):]
+        if ("." in node.attr["equation"].s.decode() or not contracted or not kept or x != kept + contracted
+                or w != contracted + free or output != kept + free or len(set(x + free)) != len(x + free)
+                or len(x) != len(x_shape) or list(x_shape[len(kept):]) != list(weights.shape[:len(contracted)])):
+            return None
+        k = int(np.prod(weights.shape[:len(contracted)]))
+        return len(kept), weights.reshape(k, -1), list(weights.shape[len(contracted):])
+    if node.attr["adj_x"].b or weights.ndim != 2 or len(x_shape) < 3:
+        return None
+    matrix = weights.T if node.attr["adj_y"].b else weights
+    return (len(x_shape) - 1, matrix, [matrix.shape[1]]) if x_shape[-1] == matrix.shape[0] else None
 
 
 def _constant_shapes(graph_def, protected, shapes) -> list[str]:
@@ -99,21 +162,23 @@ def _tensordot_output_shape(tensor: str, x: str, n: int, rank: int, index) -> bo
 
 
 def _sink_reshapes(graph_def, protected) -> None:
-    """Move each Reshape that keeps a MatMul chain's channels last below the elementwise ops after it (an
-    activation, a bias, a GELU's several ops): they read its input instead, and a Reshape is put back only
-    where something else reads them."""
+    """Move each Reshape that keeps a MatMul chain's channels last, whole or split ([heads, size]), below the
+    elementwise ops after it (an activation, a bias, a GELU's several ops): they read its input instead, a
+    constant over the split channels becomes one per-channel vector, and a Reshape is put back only where
+    something else reads them."""
     index = GraphIndex(graph_def)
     for reshape in list(graph_def.node):
         shape = index.by_name.get(node_name(reshape.input[1])) if _is_reshape(reshape) else None
         channels = _chain_channels(reshape.input[0], index) if shape is not None and shape.op == "Const" else None
-        if channels is None or reshape.name in protected or const_value(shape).reshape(-1)[-1] != channels:
+        split = _channel_axes(const_value(shape).reshape(-1), channels) if channels is not None else None
+        if split is None or reshape.name in protected:
             continue
-        region = _elementwise_region(reshape.name, index, protected)
+        region = _elementwise_region(reshape.name, index, protected, split)
         if not region:
             continue
         for node in region:
-            node.input[:] = [reshape.input[0] if not is_control_input(i) and node_name(i) == reshape.name else i
-                             for i in node.input]
+            node.input[:] = [reshape.input[0] if not is_control_input(i) and node_name(i) == reshape.name else
+                             _per_channel(i, split, index) for i in node.input]
         names = {node.name for node in region}
         for node in region:
             outside = [index.by_name[r] for r in index.consumers(node.name) if r not in names]
@@ -129,14 +194,36 @@ def _sink_reshapes(graph_def, protected) -> None:
         index = GraphIndex(graph_def)
 
 
-def _elementwise_region(reshape_name: str, index, protected) -> list:
+def _channel_axes(shape: np.ndarray, channels: int) -> list[int] | None:
+    """The trailing sizes of a Reshape's ``shape`` that split ``channels`` ([channels] when it keeps them last)."""
+    for axes in range(1, len(shape)):
+        trailing = shape[len(shape) - axes:]
+        if (trailing <= 0).any():
+            return None
+        if int(np.prod(trailing)) == channels:
+            return [int(size) for size in trailing]
+    return None
+
+
+def _per_channel(tensor: str, split: list[int], index) -> str:
+    """``tensor``, or when it is a constant over split channels, a new constant with one value per channel."""
+    source = index.by_name.get(node_name(tensor))
+    if len(split) == 1 or is_control_input(tensor) or source is None or source.op != "Const" or const_value(source).size == 1:
+        return tensor
+    value = np.broadcast_to(const_value(source), split).reshape(-1)
+    flat = const_node(index.unique_name(f"{source.name}/per_channel"), value)
+    index.graph_def.node.append(flat)
+    return flat.name
+
+
+def _elementwise_region(reshape_name: str, index, protected, split: list[int]) -> list:
     """The elementwise ops that depend on the Reshape through elementwise ops only, each reading nothing else but
-    scalar or per-channel constants: they compute the same on its input."""
+    constants over its (``split``) channels: they compute the same on its input."""
     region, names = [], {reshape_name}
     candidates = [index.by_name[r] for r in index.consumers(reshape_name)]
     while candidates:
         joined = [node for node in candidates if node.name not in names and node.name not in protected
-                  and node.op in ELEMENTWISE_MATH and _reads_only(node, names, index)]
+                  and node.op in ELEMENTWISE_MATH and _reads_only(node, names, index, split)]
         if not joined:
             break
         for node in joined:
@@ -146,16 +233,24 @@ def _elementwise_region(reshape_name: str, index, protected) -> list:
     return region
 
 
-def _reads_only(node, names, index) -> bool:
-    """Whether every data input of ``node`` is one of ``names`` or a scalar or per-channel constant."""
+def _reads_only(node, names, index, split: list[int]) -> bool:
+    """Whether every data input of ``node`` is one of ``names`` or a constant that broadcasts within the ``split``
+    channels."""
     for tensor in (i for i in node.input if not is_control_input(i)):
         source = index.by_name.get(node_name(tensor))
         if node_name(tensor) in names:
             if output_index(tensor) != 0:
                 return False
-        elif source is None or source.op != "Const" or const_value(source).ndim > 1:
+        elif source is None or source.op != "Const" or not _within(const_value(source).shape, split):
             return False
     return node.op != "BiasAdd" or data_format(node) == "NHWC"
+
+
+def _within(shape, split: list[int]) -> bool:
+    try:
+        return len(shape) <= len(split) and np.broadcast_shapes(shape, split) == tuple(split)
+    except ValueError:
+        return False
 
 
 def _read_through_reshapes(graph_def, protected) -> list[str]:
