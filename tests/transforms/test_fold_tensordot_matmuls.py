@@ -14,6 +14,7 @@ from .conftest import (
     case_from_function,
     constant,
     count_ops,
+    outputs_of,
     transformed,
 )
 
@@ -69,29 +70,32 @@ def test_quantized_dense_layers_on_a_sequence_form_one_int8_chain():
     assert_tracks_exact_8bit(model, x)  # within 2x the error of exact 8-bit arithmetic, repeatable
 
 
-def test_a_sequence_of_unknown_length_is_left_alone():
-    import keras
+@pytest.mark.parametrize("library", ["keras", "tf_keras"])
+def test_a_sequence_of_unknown_length_is_a_matmul_chain_too_whose_shape_comes_from_the_input(library):
+    keras = pytest.importorskip(library)
+    model = attention_net(keras, steps=None)
+    rng = np.random.default_rng(0)
+    x, longer = rng.standard_normal((3, 7, 12)).astype(np.float32), rng.standard_normal((2, 9, 12)).astype(np.float32)
+    result = transformed(Case(kquant.freeze(model), [x], [model(x).numpy()]), optimize_for_inference_trans)
+    assert_ops(result, BatchMatMulV2=0, Einsum=2, MatMul=9, Transpose=0)
+    assert np.abs(outputs_of(result, [longer])[0] - model(longer).numpy()).max() <= 1e-5  # any length
+    assert sorted(set(matmul_readers(result))) in (["BiasAdd"], ["AddV2", "BiasAdd"])
+    counts = kquant.quantize(model, rng.normal(0.2, 1.0, (32, 7, 12)).astype(np.float32), progress=False).op_counts()
+    assert counts["_QuantizedMatMul"] == 9 and "MatMul" not in counts
 
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((None, 12)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)])
-    x = np.random.default_rng(0).standard_normal((2, 7, 12)).astype(np.float32)
-    case = Case(kquant.freeze(model), [x], [model(x).numpy()])
-    before = transformed(case, [t for t in optimize_for_inference_trans if t != "fold_tensordot_matmuls"])
-    assert count_ops(transformed(case, optimize_for_inference_trans)) == count_ops(before)
 
-
-def attention_net(keras):
+def attention_net(keras, steps=10):
     """Dense, MultiHeadAttention (EinsumDense projections), LayerNormalization, two EinsumDense with biases over
-    one and two axes, a Dense + GELU and a Dense head."""
+    one and two axes, a Dense + GELU and a Dense head, on ``steps`` tokens (None: any number)."""
     layers = keras.layers
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((10, 12))
+    inputs = keras.Input((steps, 12))
     x = layers.Dense(16)(inputs)
     x = layers.LayerNormalization()(layers.Add()([x, layers.MultiHeadAttention(num_heads=2, key_dim=8)(x, x)]))
     x = layers.EinsumDense("abc,cd->abd", output_shape=(None, 16), bias_axes="d")(x)
     x = layers.EinsumDense("abc,cde->abde", output_shape=(None, 4, 4), bias_axes="de", activation="relu")(x)
-    x = layers.Dense(16, activation="gelu")(layers.Reshape((10, 16))(x))
-    return keras.Model(inputs, layers.Dense(3)(layers.Flatten()(x)))
+    x = layers.Dense(16, activation="gelu")(layers.Reshape((-1, 16))(x))
+    return keras.Model(inputs, layers.Dense(3)(layers.GlobalAveragePooling1D()(x)))
 
 
 @pytest.mark.parametrize("library", ["keras", "tf_keras"])
@@ -120,6 +124,21 @@ def test_quantized_attention_projections_run_as_int8_matmuls():
     # query, key and value hand fp32 to attention from their kernels: no int8 Reshape and Dequantize after them
     assert counts["Dequantize"] == 1 and counts.get("QuantizedReshape", 0) <= 1, counts
     assert_tracks_exact_8bit(model, x)
+
+
+def test_shapes_of_products_on_a_sequence_of_unknown_length_are_read_from_the_input_whatever_the_node_order():
+    w1, b1, w2 = constant(4, 6), constant(6, seed=1), constant(6, 2, 3, seed=2)
+    products = tf.function(lambda x: tf.einsum("abc,cde->abde", tf.einsum("abc,cd->abd", x, w1) + b1, w2))
+    frozen = kquant.freeze(products.get_concrete_function(tf.TensorSpec([None, None, 4], tf.float32)))
+    nodes = list(frozen.graph_def.node)[::-1]  # readers before the nodes they read
+    del frozen.graph_def.node[:]
+    frozen.graph_def.node.extend(nodes)
+    x = np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)
+    case = Case(frozen, [x], outputs_of(frozen, [x]))
+    result = transformed(case, ["fold_tensordot_matmuls"])
+    assert_ops(result, Einsum=0, MatMul=2)
+    by_name = {n.name: n for n in result.graph_def.node}
+    assert {by_name[n.input[0].split(":")[0]].op for n in result.graph_def.node if n.op == "Shape"} == {"Placeholder"}
 
 
 @pytest.mark.parametrize("equation, weights", [("abc,dc->abd", (5, 4)),  # the constant's contracted axis is last

@@ -2,17 +2,19 @@
 
 Keras runs a Dense on a [batch, ..., K] tensor as a tensordot: Reshape to [batch * ..., K] (after an identity
 Transpose, and with the shape computed at run time from Shape -> GatherV2 -> Prod -> Pack), MatMul, and a
-Reshape back; its BiasAdd and activation come after that Reshape, where no fusion finds them. Where the
-sizes between batch and K are static, this transform
-- gives both Reshapes constant shapes ([-1, K] in, [-1, ..., N] out) and drops the identity Transpose;
+Reshape back; its BiasAdd and activation come after that Reshape, where no fusion finds them. This transform
+- gives the first Reshape the constant shape [-1, K] and drops the identity Transpose; gives the Reshape back
+  the constant shape [-1, ..., N] where the sizes between batch and K are static, and otherwise (a sequence of
+  unknown length) a shape computed from the first tensor with the same leading sizes, so no int8 output is
+  read back only for its shape;
 - moves the Reshape back below the elementwise ops after it (BiasAdd, an activation, a GELU's ops, arithmetic
   with scalar or per-channel constants), putting it back only where something else reads them;
 - reads through a Reshape of a Reshape, and drops a Reshape to [-1, N] of a MatMul chain's [rows, N] output.
-So consecutive Dense layers on a sequence are MatMul -> BiasAdd -> activation -> MatMul, and the shape
-computation goes. The same holds for an EinsumDense (attention's query, key, value and output projections): a
-BatchMatMulV2 or Einsum of a tensor by a constant that contracts the tensor's last axes with the constant's
-first ones becomes Reshape -> MatMul -> Reshape, and a bias over the split channels ([heads, size]) moves with
-the Reshape as one per-channel vector. Graph inputs and outputs keep their shapes.
+So consecutive Dense layers on a sequence are MatMul -> BiasAdd -> activation -> MatMul. The same holds for an
+EinsumDense (attention's query, key, value and output projections): a BatchMatMulV2 or Einsum of a tensor by a
+constant that contracts the tensor's last axes with the constant's first ones becomes Reshape -> MatMul ->
+Reshape, and a bias over the split channels ([heads, size]) moves with the Reshape as one per-channel vector.
+Graph inputs and outputs keep their shapes.
 """
 
 from __future__ import annotations
@@ -54,12 +56,12 @@ def _products_as_tensordots(graph_def, protected, shapes) -> list[str]:
     MatMul -> Reshape with constant shapes, the last Reshape named as the product; returns the constants left unread."""
     index = GraphIndex(graph_def)
     dropped = []
-    for node in list(graph_def.node):
+    for node in index.topological_order():  # a product's input converted first: its shape comes from further up
         if node.op not in PRODUCT_OPS or node.name in protected or len(index.data_inputs(node)) != 2:
             continue
         x, weights = node.input[0], index.by_name.get(node_name(node.input[1]))
         x_shape = shapes.of(x) if weights is not None and weights.op == "Const" else None
-        if not x_shape or None in x_shape[1:] or output_index(x) != 0:
+        if not x_shape or output_index(x) != 0:
             continue
         product = _tensordot_form(node, const_value(weights), x_shape)
         if product is None:
@@ -67,12 +69,16 @@ def _products_as_tensordots(graph_def, protected, shapes) -> list[str]:
         kept, matrix, free = product
         name, dtype, controls = node.name, node.attr["T"], [i for i in node.input if is_control_input(i)]
         shape_in = const_node(index.unique_name(f"{name}/shape_2d"), np.asarray([-1, matrix.shape[0]], np.int32))
-        shape_out = const_node(index.unique_name(f"{name}/shape_nd"), np.asarray([-1, *x_shape[1:kept], *free], np.int32))
+        if None in x_shape[1:kept]:  # a sequence of unknown length
+            shape_out = _leading_shape(_sequence_source(x, kept, index), dtype, kept, free, index)
+        else:
+            shape_out = [const_node(index.unique_name(f"{name}/shape_nd"), np.asarray([-1, *x_shape[1:kept], *free], np.int32))]
         matrix = const_node(index.unique_name(f"{name}/weights_2d"), matrix)
         flat = _typed_node("Reshape", index.unique_name(f"{name}/flat"), [x, shape_in.name], dtype)
         matmul = _typed_node("MatMul", index.unique_name(f"{name}/matmul"), [flat.name, matrix.name, *controls], dtype)
-        node.CopyFrom(_typed_node("Reshape", name, [matmul.name, shape_out.name], dtype))
-        graph_def.node.extend([shape_in, shape_out, matrix, flat, matmul])
+        node.CopyFrom(_typed_node("Reshape", name, [matmul.name, shape_out[-1].name], dtype))
+        graph_def.node.extend([shape_in, *shape_out, matrix, flat, matmul])
+        index.by_name.update((n.name, n) for n in shape_out)  # read by the products after this one
         dropped.append(weights.name)
     return dropped
 
@@ -107,8 +113,9 @@ def _tensordot_form(node, weights: np.ndarray, x_shape) -> tuple[int, np.ndarray
 
 
 def _constant_shapes(graph_def, protected, shapes) -> list[str]:
-    """Give each tensordot whose sizes are known two Reshapes with constant shapes; returns the shape inputs and
-    Transposes left unread (none: nothing was folded)."""
+    """Give each tensordot an input Reshape to a constant [-1, K] and an output Reshape to a constant shape, or,
+    for a sequence of unknown length, to one computed from the first tensor of that length (so no int8 output
+    is read back just for its shape); returns the shape inputs and Transposes left unread (none: nothing was folded)."""
     index = GraphIndex(graph_def)
     dropped, known = [], {}  # known: the shapes of the Reshapes given constant shapes, which TensorFlow could not infer
 
@@ -126,26 +133,89 @@ def _constant_shapes(graph_def, protected, shapes) -> list[str]:
             continue
         reshape_in, reshape_out = index.by_name.get(node_name(matmul.input[0])), index.only_reader(matmul.name)
         if not (_is_reshape(reshape_in) and _is_reshape(reshape_out)) or index.only_reader(reshape_in.name) is not matmul \
-                or {reshape_in.name, reshape_out.name} & protected:
-            continue
+                or {reshape_in.name, reshape_out.name} & protected or index.by_name[node_name(reshape_in.input[1])].op == "Const":
+            continue  # (a constant input shape: done in an earlier pass, or never computed)
         source = index.by_name.get(node_name(reshape_in.input[0]))
         transpose = source if source is not None and source.op == "Transpose" and _identity_perm(source, index) \
             and index.only_reader(source.name) is reshape_in and source.name not in protected else None
         x = transpose.input[0] if transpose is not None else reshape_in.input[0]
         k, n = const_value(weights).shape
         x_shape = shape_of(x)
-        if (x_shape is None or len(x_shape) < 3 or x_shape[-1] != k or None in x_shape[1:-1]
+        if (x_shape is None or len(x_shape) < 3 or x_shape[-1] != k
                 or not _tensordot_output_shape(reshape_out.input[1], x, n, len(x_shape), index)):
             continue
         known[reshape_out.name] = [None, *x_shape[1:-1], n]
         dropped += [node_name(reshape_in.input[1]), node_name(reshape_out.input[1])] + ([transpose.name] if transpose else [])
         shape_in = const_node(index.unique_name(f"{reshape_in.name}/shape_2d"), np.asarray([-1, k], np.int32))
-        shape_out = const_node(index.unique_name(f"{reshape_out.name}/shape_nd"), np.asarray([-1, *x_shape[1:-1], n], np.int32))
-        graph_def.node.extend([shape_in, shape_out])
+        if None in x_shape[1:-1]:
+            shape_out = _leading_shape(_sequence_source(x, len(x_shape) - 1, index), matmul.attr["T"], len(x_shape) - 1, [n], index)
+        else:
+            shape_out = [const_node(index.unique_name(f"{reshape_out.name}/shape_nd"), np.asarray([-1, *x_shape[1:-1], n], np.int32))]
+        graph_def.node.extend([shape_in, *shape_out])
+        index.by_name.update((n.name, n) for n in shape_out)  # read by the tensordots after this one
         reshape_in.input[:] = [x, shape_in.name] + [i for i in reshape_in.input if is_control_input(i)]
-        reshape_out.input[1] = shape_out.name
-        reshape_in.attr["Tshape"].type = reshape_out.attr["Tshape"].type = shape_in.attr["dtype"].type
+        reshape_out.input[1] = shape_out[-1].name
+        reshape_in.attr["Tshape"].type = reshape_out.attr["Tshape"].type = types_pb2.DT_INT32
     return dropped
+
+
+def _sequence_source(tensor: str, leading: int, index) -> str:
+    """The first tensor whose ``leading`` sizes are those of ``tensor``: back through ops that keep the shape and
+    through Reshapes whose shape takes those sizes from a tensor's shape."""
+    for _ in range(256):
+        node = index.by_name.get(node_name(tensor))
+        if node is None or output_index(tensor) != 0:
+            return tensor
+        if node.op in ELEMENTWISE_MATH:
+            inputs = [i for i in index.data_inputs(node) if index.by_name.get(node_name(i)) is None
+                      or index.by_name[node_name(i)].op != "Const" or const_value(index.by_name[node_name(i)]).ndim > 1]
+            if len(inputs) != 1:
+                return tensor
+            tensor = inputs[0]
+        elif node.op == "Reshape" and (origin := _shape_origin(node.input[1], leading, index)) is not None:
+            tensor = origin
+        else:
+            return tensor
+    return tensor
+
+
+def _shape_origin(shape: str, leading: int, index) -> str | None:
+    """t when ``shape`` is ConcatV2(GatherV2(Shape(t), [0, 1, ...]), sizes) taking at least ``leading`` sizes of t."""
+    concat = index.by_name.get(node_name(shape))
+    if concat is None or concat.op != "ConcatV2" or len(index.data_inputs(concat)) != 3:
+        return None
+    gather = index.by_name.get(node_name(concat.input[0]))
+    if gather is None or gather.op != "GatherV2" or len(index.data_inputs(gather)) != 3:
+        return None
+    source, taken = (index.by_name.get(node_name(i)) for i in index.data_inputs(gather)[:2])
+    if source is None or source.op != "Shape" or taken is None or taken.op != "Const":
+        return None
+    taken = const_value(taken).reshape(-1).tolist()
+    return source.input[0] if len(taken) >= leading and taken == list(range(len(taken))) else None
+
+
+def _leading_shape(source: str, dtype, leading: int, trailing, index) -> list[node_def_pb2.NodeDef]:
+    """Nodes computing the shape [the first ``leading`` sizes of ``source`` (a ``dtype`` tensor), *trailing]; the
+    last one outputs it. The sizes of one source are read once, however many shapes use them."""
+    sizes = f"{node_name(source)}/leading_{leading}"
+    nodes = []
+    if sizes not in index.by_name:
+        shape = node_def_pb2.NodeDef(name=index.unique_name(f"{sizes}/shape"), op="Shape", input=[source])
+        shape.attr["T"].CopyFrom(dtype)
+        shape.attr["out_type"].type = types_pb2.DT_INT32
+        taken = const_node(index.unique_name(f"{sizes}/taken"), np.arange(leading, dtype=np.int32))
+        axis = const_node(index.unique_name(f"{sizes}/axis"), np.int32(0))
+        gather = node_def_pb2.NodeDef(name=index.unique_name(sizes), op="GatherV2", input=[shape.name, taken.name, axis.name])
+        for key in ("Tparams", "Tindices", "Taxis"):
+            gather.attr[key].type = types_pb2.DT_INT32
+        nodes = [shape, taken, axis, gather]
+    base = index.unique_name(f"{node_name(source)}/shape_{'x'.join(map(str, trailing))}")
+    axis = const_node(f"{base}/axis", np.int32(0))
+    sizes_after = const_node(f"{base}/trailing", np.asarray(trailing, np.int32))
+    concat = node_def_pb2.NodeDef(name=base, op="ConcatV2", input=[sizes, sizes_after.name, axis.name])
+    concat.attr["N"].i = 2
+    concat.attr["T"].type = concat.attr["Tidx"].type = types_pb2.DT_INT32
+    return [*nodes, axis, sizes_after, concat]
 
 
 def _tensordot_output_shape(tensor: str, x: str, n: int, rank: int, index) -> bool:
@@ -168,9 +238,9 @@ def _sink_reshapes(graph_def, protected) -> None:
     something else reads them."""
     index = GraphIndex(graph_def)
     for reshape in list(graph_def.node):
-        shape = index.by_name.get(node_name(reshape.input[1])) if _is_reshape(reshape) else None
-        channels = _chain_channels(reshape.input[0], index) if shape is not None and shape.op == "Const" else None
-        split = _channel_axes(const_value(shape).reshape(-1), channels) if channels is not None else None
+        sizes = _known_sizes(reshape.input[1], index) if _is_reshape(reshape) else None
+        channels = _chain_channels(reshape.input[0], index) if sizes is not None else None
+        split = _channel_axes(sizes, channels) if channels is not None else None
         if split is None or reshape.name in protected:
             continue
         region = _elementwise_region(reshape.name, index, protected, split)
@@ -192,6 +262,16 @@ def _sink_reshapes(graph_def, protected) -> None:
                 reader.input[:] = [back.name if not is_control_input(i) and node_name(i) == node.name else i
                                    for i in reader.input]
         index = GraphIndex(graph_def)
+
+
+def _known_sizes(shape: str, index) -> np.ndarray | None:
+    """A Reshape's constant ``shape``, or for one computed as ConcatV2(leading sizes, constant sizes), -1 and the
+    constant sizes."""
+    node = index.by_name.get(node_name(shape))
+    if node is not None and node.op == "ConcatV2" and len(index.data_inputs(node)) == 3:
+        node = index.by_name.get(node_name(node.input[1]))
+        return None if node is None or node.op != "Const" else np.concatenate([[-1], const_value(node).reshape(-1)])
+    return const_value(node).reshape(-1) if node is not None and node.op == "Const" else None
 
 
 def _channel_axes(shape: np.ndarray, channels: int) -> list[int] | None:
