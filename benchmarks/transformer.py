@@ -1,10 +1,11 @@
 """A transformer encoder on Fashion-MNIST rows: int8 accuracy and speed against fp32, at a size where matmuls count.
 
-    python benchmarks/transformer.py [--d-model 256] [--ff 1024] [--heads 4] [--layers 2] [--epochs 1] [--runs 60]
+    python benchmarks/transformer.py [--d-model 256] [--ff 1024] [--heads 4] [--layers 2] [--epochs 1] [--runs 60] [--any-length]
 
 The net reads each image as 28 tokens of 28 pixels: a Dense embedding to d-model, ``layers`` encoder blocks
 (MultiHeadAttention, then a Dense + GELU and a Dense feed-forward, each with a residual Add and
-LayerNormalization), global average pooling and a Dense head. It trains ``epochs`` on 20k images and
+LayerNormalization), global average pooling and a Dense head; with ``--any-length`` its input takes sequences
+of any length (shape (None, 28)), fed 28 tokens here. It trains ``epochs`` on 20k images and
 quantizes on 500 others. Printed: test accuracy (10k images) of the Keras model and the int8 graph, the int8
 graph's ops, and the median ms per call of the optimized fp32 graph and the int8 graph at batch 1, 32 and
 128, timed in interleaved rounds.
@@ -24,9 +25,9 @@ from kquant.benchmark import time_interleaved
 from kquant.runtime import GraphRunner
 
 
-def encoder(keras, d_model, ff, heads, depth):
+def encoder(keras, d_model, ff, heads, depth, steps=28):
     layers = keras.layers
-    inputs = keras.Input((28, 28))
+    inputs = keras.Input((steps, 28))
     h = layers.Dense(d_model)(inputs)
     for _ in range(depth):
         attention = layers.MultiHeadAttention(num_heads=heads, key_dim=d_model // heads)(h, h)
@@ -44,6 +45,7 @@ def main(argv=None):
     parser.add_argument("--layers", type=int, default=2, help="encoder blocks (default 2)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--runs", type=int, default=60, help="timed calls per graph and batch size (default 60)")
+    parser.add_argument("--any-length", action="store_true", help="a model input of shape (None, 28)")
     args = parser.parse_args(argv)
 
     import keras
@@ -52,13 +54,14 @@ def main(argv=None):
     xt, yt = datasets.fashion_mnist("test")
     x, xt = x.reshape(-1, 28, 28), xt.reshape(-1, 28, 28)
     keras.utils.set_random_seed(0)
-    model = encoder(keras, args.d_model, args.ff, args.heads, args.layers)
+    model = encoder(keras, args.d_model, args.ff, args.heads, args.layers, None if args.any_length else 28)
     model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x[:20000], y[:20000], epochs=args.epochs, batch_size=128, verbose=0)
     int8 = kquant.quantize(model, x[20000:20500], progress=False)
     fp32 = transforms.optimize_for_inference(kquant.freeze(model))
     accuracy = {"fp32": np.mean(model.predict(xt, verbose=0).argmax(1) == yt), "int8": np.mean(int8.predict(xt).argmax(1) == yt)}
-    print(f"d_model {args.d_model}, ff {args.ff}, {args.heads} heads, {args.layers} blocks: test accuracy fp32 "
+    print(f"d_model {args.d_model}, ff {args.ff}, {args.heads} heads, {args.layers} blocks"
+          f"{', any length' if args.any_length else ''}: test accuracy fp32 "
           f"{100 * accuracy['fp32']:.2f} %, int8 {100 * accuracy['int8']:.2f} %")
     ops = collections.Counter({op: n for op, n in int8.op_counts().items() if op != "Const"})
     print("int8 graph: " + ", ".join(f"{n} {op}" for op, n in ops.most_common()))
