@@ -126,6 +126,22 @@ def test_quantized_attention_projections_run_as_int8_matmuls():
     assert_tracks_exact_8bit(model, x)
 
 
+def test_quantized_dense_layers_on_a_sequence_of_unknown_length_dequantize_nothing_for_a_shape():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    model = keras.Sequential([keras.Input((None, 12)), layers.Dense(16, activation="gelu"), layers.Dense(16, activation="gelu"),
+                              layers.Dense(8), layers.GlobalAveragePooling1D(), layers.Dense(3)])
+    x = np.random.default_rng(0).normal(0.2, 1.0, (40, 7, 12)).astype(np.float32)
+    qmodel = kquant.quantize(model, x[:32], progress=False)
+    assert qmodel.op_counts()["_QuantizedMatMul"] == 4
+    nodes = {n.name: n for n in qmodel.graph_def.node}
+    for shape in (n for n in qmodel.graph_def.node if n.op == "Shape"):  # each sequence's sizes read from the input
+        assert nodes[shape.input[0].split(":")[0]].op == "Placeholder"
+    assert np.abs(qmodel.predict(x[32:]) - model.predict(x[32:], verbose=0)).max() < 0.1
+
+
 def test_shapes_of_products_on_a_sequence_of_unknown_length_are_read_from_the_input_whatever_the_node_order():
     w1, b1, w2 = constant(4, 6), constant(6, seed=1), constant(6, 2, 3, seed=2)
     products = tf.function(lambda x: tf.einsum("abc,cde->abde", tf.einsum("abc,cd->abd", x, w1) + b1, w2))

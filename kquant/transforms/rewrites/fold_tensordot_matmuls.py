@@ -159,24 +159,22 @@ def _constant_shapes(graph_def, protected, shapes) -> list[str]:
     return dropped
 
 
-def _sequence_source(tensor: str, leading: int, index) -> str:
-    """The first tensor whose ``leading`` sizes are those of ``tensor``: back through ops that keep the shape and
-    through Reshapes whose shape takes those sizes from a tensor's shape."""
-    for _ in range(256):
-        node = index.by_name.get(node_name(tensor))
-        if node is None or output_index(tensor) != 0:
-            return tensor
-        if node.op in ELEMENTWISE_MATH:
-            inputs = [i for i in index.data_inputs(node) if index.by_name.get(node_name(i)) is None
-                      or index.by_name[node_name(i)].op != "Const" or const_value(index.by_name[node_name(i)]).ndim > 1]
-            if len(inputs) != 1:
-                return tensor
-            tensor = inputs[0]
-        elif node.op == "Reshape" and (origin := _shape_origin(node.input[1], leading, index)) is not None:
-            tensor = origin
-        else:
-            return tensor
-    return tensor
+def _sequence_source(tensor: str, leading: int, index, memo=None) -> str:
+    """The first tensor whose ``leading`` sizes are those of ``tensor``: back through elementwise ops whose
+    computed inputs all come from one such tensor (a GELU's two branches), and through Reshapes whose shape
+    takes those sizes from a tensor's shape."""
+    memo = {} if memo is None else memo
+    if tensor not in memo:
+        node, memo[tensor] = index.by_name.get(node_name(tensor)), tensor
+        if node is not None and output_index(tensor) == 0 and node.op in ELEMENTWISE_MATH:
+            computed = [i for i in index.data_inputs(node) if index.by_name.get(node_name(i)) is None
+                        or index.by_name[node_name(i)].op != "Const" or const_value(index.by_name[node_name(i)]).ndim > 1]
+            sources = {_sequence_source(i, leading, index, memo) for i in computed}
+            memo[tensor] = sources.pop() if len(sources) == 1 else tensor
+        elif node is not None and output_index(tensor) == 0 and node.op == "Reshape":
+            origin = _shape_origin(node.input[1], leading, index)
+            memo[tensor] = tensor if origin is None else _sequence_source(origin, leading, index, memo)
+    return memo[tensor]
 
 
 def _shape_origin(shape: str, leading: int, index) -> str | None:
