@@ -53,7 +53,8 @@ def fold_tensordot_matmuls(graph_def, context):
 
 def _products_as_tensordots(graph_def, protected, shapes) -> list[str]:
     """Rewrite each product of a tensor by a constant that is a tensordot (BatchMatMulV2, Einsum) as Reshape ->
-    MatMul -> Reshape with constant shapes, the last Reshape named as the product; returns the constants left unread."""
+    MatMul -> Reshape, the last Reshape named as the product and shaped as in ``_constant_shapes``; returns the
+    constants left unread."""
     index = GraphIndex(graph_def)
     dropped = []
     for node in index.topological_order():  # a product's input converted first: its shape comes from further up
@@ -218,15 +219,8 @@ def _leading_shape(source: str, dtype, leading: int, trailing, index) -> list[no
 
 def _tensordot_output_shape(tensor: str, x: str, n: int, rank: int, index) -> bool:
     """Whether ``tensor`` is how a tensordot computes its output's shape: x's shape without its last size, then n."""
-    concat = index.by_name.get(node_name(tensor))
-    if concat is None or concat.op != "ConcatV2" or len(index.data_inputs(concat)) != 3:
-        return False
-    gather, size, _ = (index.by_name.get(node_name(i)) for i in index.data_inputs(concat))
-    if gather is None or gather.op != "GatherV2" or size is None or size.op != "Const" or const_value(size).tolist() != [n]:
-        return False
-    shape, free = (index.by_name.get(node_name(i)) for i in index.data_inputs(gather)[:2])
-    return (shape is not None and shape.op == "Shape" and shape.input[0] == x and free is not None and free.op == "Const"
-            and const_value(free).tolist() == list(range(rank - 1)))
+    sizes = _known_sizes(tensor, index)
+    return _shape_origin(tensor, rank - 1, index) == x and sizes is not None and sizes[1:].tolist() == [n]
 
 
 def _sink_reshapes(graph_def, protected) -> None:
@@ -325,6 +319,7 @@ def _reads_only(node, names, index, split: list[int]) -> bool:
 
 
 def _within(shape, split: list[int]) -> bool:
+    """Whether a constant of ``shape`` broadcasts against the ``split`` sizes without growing them."""
     try:
         return len(shape) <= len(split) and np.broadcast_shapes(shape, split) == tuple(split)
     except ValueError:
