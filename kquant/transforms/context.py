@@ -23,6 +23,11 @@ class TransformContext:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def protected(self) -> frozenset[str]:
+        """The graph's input and output nodes: a transform keeps them, with their names and shapes."""
+        return frozenset(self.inputs) | frozenset(self.outputs)
+
     def get(self, key: str) -> list[str]:
         """Every value given for ``key`` (an argument may repeat: ``remove_nodes(op=A, op=B)``)."""
         return self.spec.param_dict.get(key, [])

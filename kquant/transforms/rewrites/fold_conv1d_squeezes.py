@@ -36,7 +36,7 @@ PAD_OPS = frozenset({"Pad", "PadV2"})
 
 @register("fold_conv1d_squeezes")
 def fold_conv1d_squeezes(graph_def, context):
-    protected = set(context.inputs) | set(context.outputs)
+    protected = context.protected
     result = graph_pb2.GraphDef()
     result.CopyFrom(graph_def)
     _pool_over_axis_1(result, protected)

@@ -25,7 +25,7 @@ CONV_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative"})
 
 @register("fold_space_to_batch_convs")
 def fold_space_to_batch_convs(graph_def, context):
-    protected = set(context.inputs) | set(context.outputs)
+    protected = context.protected
     result = graph_pb2.GraphDef()
     result.CopyFrom(graph_def)
     index = GraphIndex(result)

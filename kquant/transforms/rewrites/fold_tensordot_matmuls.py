@@ -39,7 +39,7 @@ ELEMENTWISE_MATH = PER_CHANNEL_OPS | {"Neg", "Erf", "Erfc", "Pow", "Square", "Sq
 
 @register("fold_tensordot_matmuls")
 def fold_tensordot_matmuls(graph_def, context):
-    protected = set(context.inputs) | set(context.outputs)
+    protected = context.protected
     result = graph_pb2.GraphDef()
     result.CopyFrom(graph_def)
     dropped = []

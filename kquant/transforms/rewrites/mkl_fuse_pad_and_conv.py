@@ -24,7 +24,7 @@ PATTERNS = (
 
 @register("mkl_fuse_pad_and_conv")
 def mkl_fuse_pad_and_conv(graph_def, context):
-    return replace_matching(graph_def, PATTERNS, _fuse, protected=context.inputs + context.outputs)
+    return replace_matching(graph_def, PATTERNS, _fuse, protected=context.protected)
 
 
 def _fuse(match, index):

@@ -26,7 +26,7 @@ SWITCH_OPS = frozenset({"Switch", "RefSwitch", "_SwitchN"})
 
 @register("remove_freeze_leftovers")
 def remove_freeze_leftovers(graph_def, context):
-    protected = set(context.inputs) | set(context.outputs)
+    protected = context.protected
     constant = _constant_only(graph_def)
     result = graph_pb2.GraphDef()
     result.CopyFrom(graph_def)
