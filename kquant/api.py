@@ -12,7 +12,7 @@ import tensorflow as tf
 from kquant.converters import freeze
 from kquant.data import DEFAULT_BATCH_SIZE
 from kquant.errors import OutputWriteError, QuantizationError, first_line
-from kquant.graph import FrozenGraph, save_graph_def, without_default_attrs
+from kquant.graph import FrozenGraph, make_parents, remove_created, save_graph_def, without_default_attrs
 from kquant.quantization.pipeline import QuantizationResult, quantize_frozen
 from kquant.runtime import Predictor
 from kquant.summarize import summarize_graph
@@ -88,10 +88,11 @@ class QuantizedModel:
         directory = Path(directory)
         if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
             raise OutputWriteError(f"{directory} exists and is not an empty directory; choose a new directory for the SavedModel")
+        created = make_parents(directory.parent)
         try:
-            directory.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
         except OSError as exc:
+            remove_created(created)
             raise OutputWriteError(f"cannot write in {directory.parent} ({exc.strerror or exc}); choose a writable directory") from exc
         try:
             module = _ServingModule(self.graph)
@@ -101,6 +102,7 @@ class QuantizedModel:
             staging.rename(directory)
         except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            remove_created(created)
             if isinstance(exc, (OSError, tf.errors.OpError)):
                 raise OutputWriteError(f"writing the SavedModel {directory} failed ({first_line(exc)}); nothing was left "
                                        "behind: free disk space or choose another directory") from exc

@@ -35,8 +35,16 @@ class TransformError(KQuantError):
     """A transform string is malformed, names an unknown transform, or the transform failed."""
 
 
-class CalibrationDataError(KQuantError):
+class DataError(KQuantError):
+    """Sample data (a file or arrays) cannot be read or does not fit the model."""
+
+
+class CalibrationDataError(DataError):
     """Calibration data is empty, has the wrong shape, dtype or rank, or holds NaN/Inf."""
+
+
+class UnsafeModelError(ModelFormatError):
+    """A model file holds code (a Lambda layer, a lambda function) that kquant runs only when asked."""
 
 
 class ConfigurationError(KQuantError, ValueError):

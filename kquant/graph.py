@@ -17,6 +17,8 @@ from tensorflow.python.framework import tensor_util
 from kquant.errors import first_line, ModelFormatError, ModelNotFoundError, NodeNotFoundError, OutputWriteError
 
 TEXT_SUFFIXES = (".pbtxt", ".txt", ".prototxt")
+GRAPH_SUFFIXES = (".pb",) + TEXT_SUFFIXES
+SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,19 +96,19 @@ def parse_graph_def(data: bytes, *, text: bool, source: str = "graph") -> graph_
 
 def load_graph_def(path: str | os.PathLike) -> graph_pb2.GraphDef:
     """Read a GraphDef from a .pb (binary) or .pbtxt (text) file."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelNotFoundError(f"{path} does not exist; check the path")
+    from kquant.files import checked_path, read_bytes, reading
+
+    path = checked_path(path)
     if path.is_dir():
         raise ModelFormatError(f"{path} is a directory, not a GraphDef file; pass the .pb/.pbtxt file inside it")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelFormatError(f"cannot read {path} ({exc.strerror or exc}); check the file's permissions") from exc
+    if path.name in SAVED_MODEL_FILES:
+        raise ModelFormatError(f"{path} is the graph file of a SavedModel, not a GraphDef; pass the folder {path.parent}")
+    data = read_bytes(path)
     if not data:
         raise ModelFormatError(f"{path} is empty; re-export the model")
     text = path.suffix.lower() in TEXT_SUFFIXES
-    graph_def = parse_graph_def(data, text=text, source=str(path))
+    with reading(path):
+        graph_def = parse_graph_def(data, text=text, source=str(path))
     if not graph_def.node:
         raise ModelFormatError(f"{path} parsed as a GraphDef with no nodes; it is not a TensorFlow graph")
     return graph_def
@@ -121,6 +123,9 @@ def serialize_graph_def(graph_def: graph_pb2.GraphDef, *, text: bool) -> bytes:
 def save_graph_def(graph_def: graph_pb2.GraphDef, path: str | os.PathLike) -> Path:
     """Write ``graph_def`` to ``path`` atomically: text for .pbtxt, binary otherwise."""
     path = Path(path)
+    if path.suffix.lower() not in GRAPH_SUFFIXES:
+        raise OutputWriteError(f"{path} does not name a GraphDef file: kquant writes GraphDefs as .pb (binary) or "
+                               ".pbtxt (text); name the output so")
     data = serialize_graph_def(graph_def, text=path.suffix.lower() in TEXT_SUFFIXES)
     with atomic_write(path) as tmp:
         tmp.write_bytes(data)
@@ -147,16 +152,13 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     parent = path.parent
-    if not parent.exists():
-        try:
-            parent.mkdir(parents=True)
-        except OSError as exc:
-            raise OutputWriteError(f"cannot create directory {parent} ({exc.strerror}); choose a writable output path") from exc
+    created = make_parents(parent)
     if path.is_dir():
         raise OutputWriteError(f"{path} is a directory; give a file name for the output")
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
     except OSError as exc:
+        remove_created(created)
         raise OutputWriteError(f"cannot write in {parent} ({exc.strerror}); choose a writable output directory") from exc
     os.close(fd)
     tmp = Path(tmp_name)
@@ -166,10 +168,32 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        remove_created(created)
         if isinstance(exc, OSError):
             raise OutputWriteError(f"writing {path} failed ({exc.strerror or exc}); any earlier file there is unchanged: "
                                    "free disk space or choose a writable path") from exc
         raise
+
+
+def make_parents(directory: Path) -> list[Path]:
+    """Create ``directory`` and any missing parents; returns the ones created, deepest first, for ``remove_created``."""
+    missing: list[Path] = []
+    try:
+        missing = [d for d in (directory, *directory.parents) if not d.exists()]
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        remove_created(missing)
+        raise OutputWriteError(f"cannot create directory {directory} ({exc.strerror}); choose a writable output path") from exc
+    return missing
+
+
+def remove_created(directories) -> None:
+    """Remove the folders a failed write created (deepest first), leaving any that are not empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 def _umask() -> int:

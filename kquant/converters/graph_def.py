@@ -7,11 +7,9 @@ from tensorflow.core.framework import graph_pb2
 from tensorflow.python.framework import dtypes
 
 from kquant.errors import first_line, ModelFormatError, ModelInputError
-from kquant.graph import (TEXT_SUFFIXES, FrozenGraph, TensorSpec, check_nodes_exist, extract_sub_graph, node_name,
+from kquant.graph import (GRAPH_SUFFIXES, FrozenGraph, TensorSpec, check_nodes_exist, extract_sub_graph, node_name,
                           nodes_by_name, tensor_name)
 from kquant.summarize import VARIABLE_OPS, summarize_graph
-
-GRAPH_SUFFIXES = (".pb",) + TEXT_SUFFIXES
 
 
 def frozen_from_graph_def(graph_def: graph_pb2.GraphDef, inputs=None, outputs=None, source: str = "the graph") -> FrozenGraph:
