@@ -9,10 +9,12 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from kquant.arguments import check_bool, check_callable, names_list
 from kquant.converters import freeze
-from kquant.data import DEFAULT_BATCH_SIZE
+from kquant.data import DEFAULT_BATCH_SIZE, check_calibration_data
 from kquant.errors import OutputWriteError, QuantizationError, first_line
 from kquant.graph import FrozenGraph, make_parents, remove_created, save_graph_def, without_default_attrs
+from kquant.quantization.config import QuantizationConfig
 from kquant.quantization.pipeline import QuantizationResult, quantize_frozen
 from kquant.runtime import Predictor
 from kquant.summarize import summarize_graph
@@ -22,33 +24,41 @@ INT8_OP_PREFIXES = ("Quantize", "Dequantize", "_FusedQuantized", "_Quantized")
 def quantize(model, calibration_data, *, inputs=None, outputs=None, per_channel=True, calibration="minmax",
              excluded_ops=(), excluded_nodes=(), batch_size=DEFAULT_BATCH_SIZE, progress=True,
              calibration_options=None, signature=None, input_shapes=None, eval_fn=None, max_accuracy_drop=0.01,
-             relative=True, max_trials=20, fallback="fp32", kernels="onednn", stem="fp32") -> "QuantizedModel":
+             relative=True, max_trials=20, fallback="fp32", kernels="onednn", stem="fp32", max_batches=None,
+             safe_mode=True) -> "QuantizedModel":
     """Quantize ``model`` (any form ``kquant.freeze`` accepts) to int8, calibrating on ``calibration_data``.
 
     ``calibration_data``: an array, a list/tuple of arrays (one per input), a dict name -> array,
-    a ``tf.data.Dataset`` or any iterable of batches. ``calibration``: "minmax", "percentile" or "kl".
+    a ``tf.data.Dataset`` or any iterable of batches (``(x, y)`` pairs are fine). At most ``max_batches``
+    batches are read (default: 10000 samples, with a warning when data is left). ``calibration``: "minmax",
+    "percentile" or "kl". ``excluded_ops``/``excluded_nodes``: one name or a list of names.
     ``kernels``: "onednn" (the fused internal ops, fastest) or "public" (the public Quantized* ops).
     ``stem``: "fp32" (default) keeps the image stem out of int8: a convolution with at most 4 input channels
     reading the model input (through no other conv or matmul), whose input rounding costs the most accuracy;
-    "int8" quantizes it too.
+    "int8" quantizes it too. ``safe_mode=False`` lets a .keras/.h5 file's Lambda code run as it loads.
 
     Accuracy-aware: with ``eval_fn(predict) -> float`` (higher is better; ``predict(x)`` runs a
     candidate graph), kquant evaluates fp32 and int8 and, while the drop exceeds
     ``max_accuracy_drop`` (a fraction of the fp32 score when ``relative``), tries the other
     calibration algorithms and then keeps the most sensitive ops out of int8 (in ``fallback``
     precision, "fp32" or "bf16"), up to ``max_trials``. The best model is returned either way;
-    ``qmodel.trials`` is the log.
+    ``qmodel.trials`` is the log. Every option is checked first (``QuantizationConfig``).
     """
-    frozen = freeze(model, signature=signature, outputs=outputs, input_shapes=input_shapes)
+    config = QuantizationConfig(per_channel=per_channel, calibration=calibration,
+                                calibration_options=calibration_options, excluded_ops=excluded_ops,
+                                excluded_nodes=excluded_nodes, stem=stem, fallback=fallback, kernels=kernels,
+                                batch_size=batch_size, max_batches=max_batches, max_accuracy_drop=max_accuracy_drop,
+                                relative=relative, max_trials=max_trials)
+    check_bool("progress", progress)
+    check_callable("eval_fn", eval_fn, "a function predict -> score (a number, higher is better)", optional=True)
+    check_calibration_data(calibration_data)
+    inputs = names_list("inputs", inputs, optional=True)
+    frozen = freeze(model, signature=signature, outputs=outputs, input_shapes=input_shapes, safe_mode=safe_mode)
     if inputs:
         from kquant.converters.graph_def import frozen_from_graph_def
 
         frozen = frozen_from_graph_def(frozen.graph_def, inputs=inputs, outputs=frozen.output_names)
-    result = quantize_frozen(frozen, calibration_data, per_channel=per_channel, calibration=calibration,
-                             excluded_ops=excluded_ops, excluded_nodes=excluded_nodes, batch_size=batch_size,
-                             progress=progress, calibration_options=calibration_options, eval_fn=eval_fn,
-                             max_accuracy_drop=max_accuracy_drop, relative=relative, max_trials=max_trials,
-                             fallback=fallback, kernels=kernels, stem=stem)
+    result = quantize_frozen(frozen, calibration_data, progress=progress, eval_fn=eval_fn, **config.pipeline_options())
     return QuantizedModel(result)
 
 

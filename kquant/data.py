@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from kquant.errors import CalibrationDataError, ConfigurationError
+from kquant.arguments import check_int
+from kquant.errors import CalibrationDataError
 from kquant.graph import TensorSpec
 
 DEFAULT_BATCH_SIZE = 64
@@ -13,15 +16,17 @@ DEFAULT_BATCH_SIZE = 64
 def iter_batches(data, inputs: tuple[TensorSpec, ...], batch_size: int = DEFAULT_BATCH_SIZE, *, role: str = "input data"):
     """Yield lists of arrays, one per graph input, from ``data``.
 
-    ``data``: an array (one input), a list/tuple of arrays (one per input), a dict name -> array,
-    a ``tf.data.Dataset``, or any iterable of batches in one of those forms. Arrays are split
-    into ``batch_size`` rows; every batch is checked against the input specs.
+    ``data``: an array or tensor (one input), a list/tuple of arrays (one per input), a dict name -> array,
+    a ``tf.data.Dataset``, or any iterable of batches in one of those forms; ``(x, y)`` and ``(x, y, weights)``
+    pairs, as Keras datasets yield them, give their ``x``. Arrays are split into ``batch_size`` rows; every
+    batch is checked against the input specs.
     """
-    if batch_size < 1:
-        raise ConfigurationError(f"the batch size must be at least 1, got {batch_size}; e.g. batch_size=64 / --batch-size 64")
+    check_int("batch_size", batch_size, minimum=1)
+    check_calibration_data(data, role)
+    data = _features(_as_arrays(data), inputs, batched=False)
     if _is_whole_dataset(data, inputs):
         columns = _columns(data, inputs, role)
-        rows = len(columns[0])
+        rows = _row_count(columns, inputs, role)
         if rows == 0:
             raise CalibrationDataError(f"the {role} is empty; pass at least one sample")
         for start in range(0, rows, batch_size):
@@ -29,22 +34,73 @@ def iter_batches(data, inputs: tuple[TensorSpec, ...], batch_size: int = DEFAULT
         return
     count = 0
     for batch in _as_numpy_iterable(data):
-        if isinstance(batch, tuple) and len(batch) == 2 and len(inputs) == 1 and not isinstance(batch[0], (list, tuple)):
-            batch = batch[0]  # (features, labels) pairs, as Keras datasets yield them
-        columns = _columns(batch, inputs, role)
+        columns = _columns(_features(_as_arrays(batch), inputs), inputs, role)
         if columns[0].shape[:1] == (0,):  # an empty batch; a scalar (no batch dimension) fails the rank check below
             continue
+        _row_count(columns, inputs, role)
         count += 1
         yield [_checked(col, spec, role) for col, spec in zip(columns, inputs)]
     if count == 0:
         raise CalibrationDataError(f"the {role} is empty; pass at least one sample")
 
 
+def check_calibration_data(data, role: str = "calibration data") -> None:
+    """Refuse at once what cannot be data: None, a path (it must be loaded first), a bare string or number."""
+    if isinstance(data, (str, bytes, os.PathLike)):
+        raise CalibrationDataError(f"the {role} is a path or string ({str(data)[:100]!r}), not data; load it first, "
+                                   "e.g. np.load(path) (the command line's --calib reads .npy/.npz files)")
+    if data is None or isinstance(data, (int, float, bool)):
+        raise CalibrationDataError(f"{type(data).__name__} is not usable as data; pass an array, a list of arrays, a dict, "
+                                   "a tf.data.Dataset or an iterable of batches")
+
+
+def _as_arrays(data):
+    """Tensors (tf.Tensor and other array-likes that are not containers) as numpy arrays, at the top level and
+    one level into lists, tuples and dicts."""
+    if _is_array_like(data):
+        return np.asarray(data)
+    if isinstance(data, dict):
+        return {key: np.asarray(value) if _is_array_like(value) else value for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return type(data)(_as_arrays(item) if isinstance(item, (dict, list, tuple)) or _is_array_like(item) else item
+                          for item in data)
+    return data
+
+
+def _is_array_like(value) -> bool:
+    return not isinstance(value, np.ndarray) and hasattr(value, "__array__") and hasattr(value, "shape") \
+        and not hasattr(value, "as_numpy_iterator")
+
+
+def _features(batch, inputs, batched=True):
+    """``x`` of an ``(x, y)`` or ``(x, y, weights)`` pair; any other batch as it is. A whole data set
+    (not ``batched``) of one input is never a pair: a tuple of two arrays there is two batches."""
+    if not isinstance(batch, tuple) or len(batch) not in (2, 3):
+        return batch
+    x, y = batch[0], batch[1]
+    if isinstance(x, dict) and not isinstance(y, dict):
+        return x
+    if isinstance(x, (list, tuple)) and len(inputs) > 1 and len(x) == len(inputs) and not isinstance(y, (list, tuple)):
+        return x
+    if len(inputs) == 1 and not isinstance(x, (list, tuple)) and batched:
+        return x
+    return batch
+
+
+def _row_count(columns, inputs, role) -> int:
+    rows = {spec.node: len(col) for col, spec in zip(columns, inputs) if col.ndim >= 1}
+    if len(set(rows.values())) > 1:
+        counts = ", ".join(f"{name}: {count}" for name, count in rows.items())
+        raise CalibrationDataError(f"the {role} has a different number of rows per input ({counts}); every input "
+                                   "needs one row per sample")
+    return next(iter(rows.values()), 0)
+
+
 def _is_whole_dataset(data, inputs) -> bool:
     if isinstance(data, (np.ndarray, dict)):
         return True
     if isinstance(data, (list, tuple)) and len(inputs) > 1 and len(data) == len(inputs):
-        return all(isinstance(d, np.ndarray) and d.ndim >= 1 for d in data) and len({len(d) for d in data}) == 1
+        return all(isinstance(d, np.ndarray) and d.ndim >= 1 for d in data)
     return False
 
 

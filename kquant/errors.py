@@ -71,3 +71,14 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an exception's message, for one-line error texts."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     return lines[0][:limit] if lines else type(exc).__name__
+
+
+def error_line(exc: BaseException, limit: int = 300) -> str:
+    """The line of a (possibly multi-line, traced) exception message that says what went wrong: the part Keras
+    prints in bold, else the last ``SomeError: ...`` line (tf.function puts it under a traceback), else the first line."""
+    import re
+
+    text = str(exc)
+    found = re.findall(r"\x1b\[1m(.+?)\x1b\[0m", text, flags=re.DOTALL) or \
+        re.findall(r"^\s*\w*(?:Error|Exception): (.+)$", text, flags=re.MULTILINE)
+    return " ".join(found[-1].split())[:limit] if found else first_line(exc, limit)

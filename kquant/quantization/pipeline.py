@@ -18,7 +18,7 @@ from kquant.quantization.calibrate import collect_ranges
 from kquant.quantization.cpu import has_vnni
 from kquant.quantization.patterns import Unit, find_units, stem_convs
 from kquant.quantization.rewrite import KERNELS, RewriteOptions, rewrite_graph
-from kquant.quantization.tuning import CALIBRATION_ALTERNATIVES, rank_by_sensitivity, tune
+from kquant.quantization.tuning import CALIBRATION_ALTERNATIVES, rank_by_sensitivity, score_of, tune
 from kquant.runtime import Predictor, ensure_onednn
 
 FALLBACK_PRECISIONS = ("fp32", "bf16")
@@ -74,9 +74,15 @@ def tensors_to_calibrate(units: list[Unit]) -> list[str]:
 
 
 def calibrate(frozen: FrozenGraph, units, data, *, method="minmax", batch_size=DEFAULT_BATCH_SIZE, progress=True,
-              keep_first=None, **options):
-    """Ranges of ``tensors_to_calibrate(units)``; ``keep_first`` (a list) receives the first batch."""
-    batches = iter_batches(data, frozen.inputs, batch_size, role="calibration data")
+              keep_first=None, max_batches=None, **options):
+    """Ranges of ``tensors_to_calibrate(units)`` from at most ``max_batches`` batches (None: the default limit of
+    ``DEFAULT_CALIBRATION_SAMPLES`` samples, with a warning when data is left); ``keep_first`` (a list) receives
+    the first batch."""
+    from kquant.quantization.config import QuantizationConfig, limited_batches
+
+    limit, default = QuantizationConfig(batch_size=batch_size, max_batches=max_batches).calibration_batches()
+    batches = limited_batches(iter_batches(data, frozen.inputs, batch_size, role="calibration data"), limit, default,
+                              batch_size)
     if keep_first is not None:
         batches = _keeping_first(batches, keep_first)
     return collect_ranges(frozen.graph_def, frozen.input_names, tensors_to_calibrate(units), batches,
@@ -111,7 +117,7 @@ def strip(graph: FrozenGraph, keep=None) -> FrozenGraph:
 def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration="minmax", excluded_ops=(),
                     excluded_nodes=(), batch_size=DEFAULT_BATCH_SIZE, progress=True, calibration_options=None,
                     ranges=None, eval_fn=None, max_accuracy_drop=0.01, relative=True, max_trials=20,
-                    fallback="fp32", kernels="onednn", stem="fp32") -> QuantizationResult:
+                    fallback="fp32", kernels="onednn", stem="fp32", max_batches=None) -> QuantizationResult:
     """Run every stage; ``ranges`` (tensor -> (min, max), e.g. from a seed min/max log) skips calibration.
     ``stem="fp32"`` keeps the image stems (``fp32_stems``) out of int8.
 
@@ -141,7 +147,7 @@ def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration=
         if method not in calibrated:
             calibrated[method] = ranges if ranges is not None else calibrate(
                 fp32, candidates, data, method=method, batch_size=batch_size, progress=progress,
-                keep_first=sample if not sample else None, **(calibration_options or {}))
+                keep_first=sample if not sample else None, max_batches=max_batches, **(calibration_options or {}))
         return calibrated[method]
 
     emitted = {}  # (calibration, fell_back) -> the units its graph runs in int8
@@ -161,7 +167,7 @@ def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration=
             return attempt(calibration, others)
 
         reference = Predictor(fp32)
-        baseline = float(eval_fn(reference))
+        baseline = score_of(eval_fn, reference)
         reference.close()
         ranges_for(calibration)
         ranked = rank_by_sensitivity(fp32, candidates, attempt_only, sample[0]) if sample else candidates

@@ -10,12 +10,15 @@ returns the best model found with the trial log.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import time
 import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from kquant.errors import ConfigurationError
 from kquant.runtime import GraphRunner, Predictor
 
 CALIBRATION_ALTERNATIVES = ("minmax", "percentile", "kl")
@@ -75,7 +78,7 @@ def _search(baseline, eval_fn, attempt, ranked, calibrations, max_accuracy_drop,
         start = time.perf_counter()
         graph = attempt(calibration, fell_back)
         predictor = Predictor(graph)
-        score = float(eval_fn(predictor))
+        score = score_of(eval_fn, predictor)
         predictor.close()
         drop = accuracy_drop(baseline, score, relative)
         trial = Trial(len(trials), action, calibration, tuple(fell_back), score, drop, time.perf_counter() - start)
@@ -111,3 +114,14 @@ def _search(baseline, eval_fn, attempt, ranked, calibrations, max_accuracy_drop,
         warnings.warn(f"no trial met max_accuracy_drop={max_accuracy_drop}; returning the best found "
                       f"(drop {worst:.4f}, {worst - max_accuracy_drop:.4f} over the target)", stacklevel=4)
     return best[1], best[2], best[3], trials
+
+
+def score_of(eval_fn, predict) -> float:
+    """``eval_fn(predict)`` as a float; anything but a finite number is a ConfigurationError saying so."""
+    score = eval_fn(predict)
+    if isinstance(score, np.ndarray) and score.size == 1:
+        score = score.item()
+    if not isinstance(score, (numbers.Real, np.generic)) or isinstance(score, bool) or not math.isfinite(float(score)):
+        raise ConfigurationError(f"eval_fn returned {score!r}; it must return a finite number, higher is better "
+                                 "(e.g. the accuracy)")
+    return float(score)

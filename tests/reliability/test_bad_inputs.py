@@ -216,9 +216,9 @@ def test_bad_transform_string_is_a_transform_error(transforms, fragment, small_f
 
 
 @pytest.mark.parametrize("option, value, fragment", [
-    ("--batch-size", "0", "the batch size must be at least 1, got 0"),
-    ("--batch-size", "-3", "the batch size must be at least 1, got -3"),
-    ("--calibration", "bogus", "unknown calibration method 'bogus'; use one of: minmax"),
+    ("--batch-size", "0", "batch_size=0 is not valid; expected an integer of at least 1"),
+    ("--batch-size", "-3", "batch_size=-3 is not valid; expected an integer of at least 1"),
+    ("--calibration", "bogus", "calibration='bogus' is not valid; expected one of 'minmax', 'percentile', 'kl'"),
 ])
 def test_bad_quantize_option_is_a_configuration_error(option, value, fragment, small_files, tmp_path, capfd):
     name = option.lstrip("-").replace("-", "_")
