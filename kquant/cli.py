@@ -22,6 +22,7 @@ def main(argv=None) -> int:
         warnings.showwarning = _show_warning
         try:
             _check_outputs_are_not_inputs(args)
+            _check_outputs(args)
             return args.run(args) or 0
         except KQuantError as exc:
             if args.debug:
@@ -45,6 +46,32 @@ def _check_outputs_are_not_inputs(args) -> None:
     for name in WRITTEN_ARGS:
         if getattr(args, name, None):
             check_output_is_not_input(getattr(args, name), *inputs)
+
+
+OUTPUT_SUFFIXES = {"report": (".html", ".htm"), "json": (".json",)}
+
+
+def _check_outputs(args) -> None:
+    """Before any work: each output path names its format and no two outputs share a path."""
+    from pathlib import Path
+
+    from kquant.errors import OutputWriteError
+    from kquant.graph import GRAPH_SUFFIXES
+
+    suffixes = {"output": GRAPH_SUFFIXES, **OUTPUT_SUFFIXES}
+    written = {}
+    for name in WRITTEN_ARGS:
+        value = getattr(args, name, None)
+        if not value:
+            continue
+        flag = "-o" if name == "output" else f"--{name}"
+        if name in suffixes and Path(value).suffix.lower() not in suffixes[name]:
+            raise OutputWriteError(f"{flag} {value}: the file it writes needs the suffix {' or '.join(suffixes[name])}; "
+                                   "name it so")
+        resolved = Path(value).resolve()
+        if resolved in written:
+            raise OutputWriteError(f"{flag} and {written[resolved]} both name {value}; give each output its own path")
+        written[resolved] = flag
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):
@@ -85,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="precision of the image stem, a conv with at most 4 input channels reading the model input "
                         "(default fp32: its input's rounding costs the most accuracy)")
     p.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default 64)")
+    p.add_argument("--calib-batches", type=int, metavar="N",
+                   help="calibrate on at most N batches (default: 10000 samples, with a warning when data is left)")
     p.add_argument("--min-max-log", help="freeze ranges from a seed-tool min/max log instead of measuring them")
     p.add_argument("--export", metavar="DIR", help="also write a SavedModel with a serving_default signature")
     p.add_argument("--report", metavar="HTML", help="write a per-layer error report (table and plot) to this page")
@@ -115,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_bench)
     for command in sub.choices.values():  # --debug also after the command; SUPPRESS keeps the global value
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback on errors")
+        command.add_argument("--unsafe-deserialization", action="store_true",
+                             help="let a .keras/.h5 model's Lambda layers run their Python code as it loads "
+                                  "(only for files you trust; refused by default)")
     return parser
 
 
@@ -130,16 +162,25 @@ def _summarize(args) -> int:
 
     model = Path(args.model)
     if model.suffix.lower() in GRAPH_SUFFIXES:
+        _check_graph_options(args)
         print(kquant.summarize_graph(model))
     else:
-        print(kquant.summarize_graph(kquant.freeze(model, signature=args.signature)))
+        print(kquant.summarize_graph(kquant.freeze(model, signature=args.signature, safe_mode=not args.unsafe_deserialization)))
     return 0
+
+
+def _check_graph_options(args) -> None:
+    """A GraphDef read as it is takes no SavedModel signature: say so rather than ignore it."""
+    from kquant.converters import check_freeze_args
+
+    check_freeze_args(args.model, args.signature, None, None, None, True)
 
 
 def _freeze(args) -> int:
     import kquant
 
-    frozen = kquant.freeze(args.model, signature=args.signature, outputs=args.outputs, checkpoint=args.checkpoint)
+    frozen = kquant.freeze(args.model, signature=args.signature, outputs=args.outputs, checkpoint=args.checkpoint,
+                           safe_mode=not args.unsafe_deserialization)
     path = frozen.save(args.output)
     print(f"wrote {path} ({len(frozen.graph_def.node)} nodes); inputs: "
           f"{', '.join(i.name for i in frozen.inputs)}; outputs: {', '.join(o.name for o in frozen.outputs)}")
@@ -154,7 +195,11 @@ def _transform(args) -> int:
     from kquant.transforms import apply_transforms, optimize_for_inference_trans
 
     model = Path(args.model)
-    graph = kquant.load_graph_def(model) if model.suffix.lower() in GRAPH_SUFFIXES else kquant.freeze(model, signature=args.signature)
+    if model.suffix.lower() in GRAPH_SUFFIXES:
+        _check_graph_options(args)
+        graph = kquant.load_graph_def(model)
+    else:
+        graph = kquant.freeze(model, signature=args.signature, safe_mode=not args.unsafe_deserialization)
     result = apply_transforms(graph, args.transforms or optimize_for_inference_trans, args.inputs, args.outputs)
     before = graph.graph_def if isinstance(graph, kquant.FrozenGraph) else graph
     after = result.graph_def if isinstance(result, kquant.FrozenGraph) else result
@@ -166,12 +211,14 @@ def _transform(args) -> int:
 def _quantize(args) -> int:
     from kquant.quantization.converter import GraphConverter
 
-    data = _load_arrays(args.calib)
+    from kquant.errors import CalibrationDataError
+
+    data = _load_arrays(args.calib, "calibration data", CalibrationDataError)
     converter = GraphConverter(args.model, args.output, None, None, excluded_ops=args.exclude_op,
                                excluded_nodes=args.exclude_node, per_channel=args.per_channel, signature=args.signature,
-                               stem=args.stem)
+                               stem=args.stem, safe_mode=not args.unsafe_deserialization)
     qmodel = converter.convert(data, calibration=args.calibration, min_max_log=args.min_max_log,
-                               batch_size=args.batch_size, progress=not args.no_progress)
+                               batch_size=args.batch_size, progress=not args.no_progress, max_batches=args.calib_batches)
     if args.export:
         qmodel.export(args.export)
     if args.report:
@@ -198,9 +245,10 @@ def _bench(args) -> int:
     import kquant
     from kquant.benchmark import benchmark
 
-    data = _load_arrays(args.data) if args.data else None
-    labels = _load_arrays(args.labels) if args.labels else None
-    report = benchmark(kquant.freeze(args.model, signature=args.signature), args.int8, batches=args.batch,
+    data = _load_arrays(args.data, "benchmark data") if args.data else None
+    labels = _load_arrays(args.labels, "labels") if args.labels else None
+    model = kquant.freeze(args.model, signature=args.signature, safe_mode=not args.unsafe_deserialization)
+    report = benchmark(model, args.int8, batches=args.batch,
                        runs=args.runs, data=data, labels=labels, progress=not args.no_progress)
     print(report)
     if args.json:
@@ -208,20 +256,12 @@ def _bench(args) -> int:
     return 0
 
 
-def _load_arrays(path):
-    """A .npy array, or a .npz as a dict name -> array (one unnamed array -> that array)."""
-    import numpy as np
+def _load_arrays(path, role, error=None):
+    """A .npy array, or a .npz as a dict name -> array (one unnamed array -> that array), read through the file gate."""
+    from kquant.errors import DataError
+    from kquant.files import load_arrays
 
-    from kquant.errors import CalibrationDataError
-
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise CalibrationDataError(f"cannot read calibration data {path} ({exc}); pass a .npy or .npz file") from exc
-    if isinstance(loaded, np.ndarray):
-        return loaded
-    arrays = {key: loaded[key] for key in loaded.files}
-    return next(iter(arrays.values())) if list(arrays) == ["arr_0"] else arrays
+    return load_arrays(path, role=role, error=error or DataError)
 
 
 if __name__ == "__main__":

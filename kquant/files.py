@@ -100,7 +100,9 @@ def load_arrays(path, *, role: str = "calibration data", error: type[KQuantError
     Each array's header is read first: object (pickled) arrays are refused and the size it claims is checked
     against the memory at hand before numpy allocates it. A damaged file or member is ``error`` naming it.
     """
-    path = checked_path(path, role=role, error=error, missing=error, directory_ok=False)
+    if not os.path.lexists(path):
+        raise error(f"cannot read {role} {path} (it does not exist); check the path")
+    path = checked_path(path, role=role, error=error, directory_ok=False)
     hint = "pass a .npy or .npz file of numeric arrays (np.save / np.savez)"
     with reading(path, error), open(path, "rb") as file:
         magic = file.read(len(_NPY_MAGIC))

@@ -180,7 +180,8 @@ def make_parents(directory: Path) -> list[Path]:
     missing: list[Path] = []
     try:
         missing = [d for d in (directory, *directory.parents) if not d.exists()]
-        directory.mkdir(parents=True, exist_ok=True)
+        if missing:
+            directory.mkdir(parents=True)
     except OSError as exc:
         remove_created(missing)
         raise OutputWriteError(f"cannot create directory {directory} ({exc.strerror}); choose a writable output path") from exc

@@ -119,7 +119,7 @@ def test_bad_input_is_one_error_line_and_status_2(case, bad_inputs, conv_pb, tf_
 @pytest.mark.parametrize("extra, message", [
     ([], "still holds variables"),
     (["--checkpoint", "{checkpoint}", "--outputs", "nope"], "unknown output node(s) nope"),
-    (["--checkpoint", "{checkpoint}.missing", "--outputs", "z"], "cannot read checkpoint"),
+    (["--checkpoint", "{checkpoint}.missing", "--outputs", "z"], "does not exist (no "),
 ], ids=["no_checkpoint", "unknown_output", "missing_checkpoint"])
 def test_bad_tf1_freeze_is_one_error_line(tf1_graph, extra, message, tmp_path, capfd):
     extra = [arg.replace("{checkpoint}", tf1_graph.checkpoint) for arg in extra]

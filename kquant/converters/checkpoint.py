@@ -6,6 +6,7 @@ pruned to the requested outputs: the job of TF1's freeze_graph.py, without a ses
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -13,6 +14,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2, types_pb2
 
 from kquant.errors import ModelFormatError, ModelInputError, ModelNotFoundError, first_line
+from kquant.files import checked_path, reading
 from kquant.graph import const_node, check_nodes_exist, extract_sub_graph, is_control_input, node_name
 from kquant.summarize import VARIABLE_OPS
 
@@ -22,12 +24,14 @@ _CHECKPOINT_FILE_SUFFIX = re.compile(r"\.(index|meta|data-\d+-of-\d+)$")  # mode
 
 def freeze_with_checkpoint(graph_def: graph_pb2.GraphDef, checkpoint: str, outputs) -> graph_pb2.GraphDef:
     """Fold the variables of ``graph_def`` to the values in ``checkpoint`` and keep what ``outputs`` need."""
+    checkpoint = _CHECKPOINT_FILE_SUFFIX.sub("", checkpoint)
+    _check_checkpoint_exists(checkpoint)
     if not outputs:
         raise ModelInputError("freezing a graph with a checkpoint needs the output node names; pass outputs=[...] / --outputs")
     check_nodes_exist(graph_def, outputs, "output")
-    checkpoint = _CHECKPOINT_FILE_SUFFIX.sub("", checkpoint)
     try:
-        reader = tf.train.load_checkpoint(checkpoint)
+        with reading(checkpoint):
+            reader = tf.train.load_checkpoint(checkpoint)
     except (ValueError, tf.errors.OpError) as exc:
         raise ModelNotFoundError(
             f"cannot read checkpoint {checkpoint} ({first_line(exc)}); pass the checkpoint prefix or its directory "
@@ -53,6 +57,15 @@ def freeze_with_checkpoint(graph_def: graph_pb2.GraphDef, checkpoint: str, outpu
             _reject_resource_use(node, resource_vars)
             frozen.node.add().CopyFrom(node)
     return frozen
+
+
+def _check_checkpoint_exists(prefix: str) -> None:
+    """A checkpoint is a directory (with a ``checkpoint`` file) or a prefix with a ``.index`` file beside it."""
+    target = prefix if os.path.isdir(prefix) else f"{prefix}.index"
+    if not os.path.exists(target):
+        raise ModelNotFoundError(f"checkpoint {prefix} does not exist (no {target}); pass the checkpoint prefix or its "
+                                 "directory (e.g. run/model.ckpt for run/model.ckpt.index)")
+    checked_path(target, role="checkpoint")
 
 
 def _checkpoint_key(node, stored) -> str:

@@ -538,12 +538,9 @@ def _is_text(source) -> bool:
 def _log_text(source) -> str:
     if _is_text(source):
         return source
-    path = Path(source)
-    try:
-        return path.read_text(errors="replace")
-    except OSError as exc:
-        raise CalibrationDataError(
-            f"cannot read the min/max log {path}: {exc.strerror or exc}; give an existing log file") from None
+    from kquant.files import read_bytes
+
+    return read_bytes(Path(source), role="min/max log", error=CalibrationDataError).decode(errors="replace")
 
 
 def _describe(source) -> str:
