@@ -122,7 +122,10 @@ def _as_graph_def(path_or_graph) -> graph_pb2.GraphDef:
         return path_or_graph.graph_def
     if isinstance(path_or_graph, (str, os.PathLike)):
         return load_graph_def(path_or_graph)
-    raise TypeError(f"summarize_graph takes a path, a GraphDef or a FrozenGraph, not {type(path_or_graph).__name__}")
+    from kquant.arguments import invalid
+
+    hint = "; freeze it first: summarize_graph(kquant.freeze(model))" if hasattr(path_or_graph, "layers") else ""
+    raise invalid("path_or_graph", path_or_graph, f"a .pb/.pbtxt path, a GraphDef or a FrozenGraph{hint}")
 
 
 def _possible_input(node) -> PossibleInput:

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import kquant
-from kquant.errors import ModelNotFoundError
+from kquant.errors import ConfigurationError, ModelNotFoundError
 from tests.conftest import build_dense_model
 
 INPUT_LINE = "Found 1 possible inputs: (name=image, type=float(1), shape=[?,28,28,1])"
@@ -96,5 +96,5 @@ def test_graph_without_placeholders_reports_no_inputs():
 def test_missing_file_and_wrong_type(tmp_path):
     with pytest.raises(ModelNotFoundError):
         kquant.summarize_graph(tmp_path / "missing.pb")
-    with pytest.raises(TypeError, match="not list"):
+    with pytest.raises(ConfigurationError, match="path_or_graph=.* is not valid"):
         kquant.summarize_graph([])

@@ -10,12 +10,13 @@ from pathlib import Path
 
 from tensorflow.core.framework import graph_pb2
 
+from kquant.arguments import check_type, invalid, names_list
 from kquant.errors import KQuantError, TransformError, first_line
 from kquant.graph import FrozenGraph, check_nodes_exist, check_output_is_not_input, load_graph_def, node_name, save_graph_def
 from kquant.summarize import summarize_graph
 from kquant.transforms.context import TransformContext
-from kquant.transforms.parse import parse_transforms
-from kquant.transforms.registry import python_transforms
+from kquant.transforms.parse import TransformSpec, parse_transforms
+from kquant.transforms.registry import declared_parameters, python_transforms
 from kquant.transforms.stock import STOCK_TRANSFORMS, run_stock
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,9 @@ def apply_transforms(graph, transforms, inputs=None, outputs=None):
     frozen = graph if isinstance(graph, FrozenGraph) else None
     graph_def = frozen.graph_def if frozen else graph
     if not isinstance(graph_def, graph_pb2.GraphDef):
-        raise TypeError(f"apply_transforms takes a GraphDef or a FrozenGraph, not {type(graph).__name__}; "
-                        "for a file use kquant.transform_graph")
+        raise invalid("graph", graph, "a GraphDef or a FrozenGraph (for a file use kquant.transform_graph)")
+    _check_transforms_argument(transforms)
+    inputs, outputs = names_list("inputs", inputs, optional=True), names_list("outputs", outputs, optional=True)
     original = graph_def
     specs = parse_transforms(transforms)
     _check_known(specs)
@@ -54,10 +56,24 @@ def transform_graph(path_to_model, save_dir, file_name, inputs, outputs, transfo
 
     The signature of ModelQuantization's ``transform_graph``; ``inputs``/``outputs`` may be None to detect them.
     """
+    check_type("path_to_model", path_to_model, (str, os.PathLike), "a .pb/.pbtxt path")
+    check_type("save_dir", save_dir, (str, os.PathLike), "a directory path")
+    if not isinstance(file_name, str) or not file_name or Path(file_name).name != file_name:
+        raise invalid("file_name", file_name, "a file name such as 'model_opt.pb'")
+    _check_transforms_argument(transforms)
     output = Path(os.fspath(save_dir)) / file_name
     check_output_is_not_input(output, path_to_model)
     result = apply_transforms(load_graph_def(path_to_model), transforms, inputs, outputs)
     return save_graph_def(result, output)
+
+
+def _check_transforms_argument(transforms) -> None:
+    if isinstance(transforms, (str, TransformSpec)):
+        return
+    if isinstance(transforms, (list, tuple)) and all(isinstance(t, (str, TransformSpec)) for t in transforms):
+        return
+    raise invalid("transforms", transforms, "a transform string such as 'fold_constants(ignore_errors=true) "
+                  "fold_batch_norms', or a list of them")
 
 
 def all_transform_names() -> list[str]:
@@ -73,6 +89,52 @@ def _check_known(specs) -> None:
             error = TransformError(f"unknown transform {spec.where()}; {hint}known transforms: {', '.join(known)}")
             error.position = spec.offset
             raise error
+        _check_arguments(spec)
+
+
+def _check_arguments(spec) -> None:
+    """Each argument of ``spec`` is one its transform declares, with a value of the declared kind."""
+    declared = declared_parameters(spec.name)
+    for key, values in spec.params:
+        if key not in declared:
+            error = TransformError(f"{spec.where()} takes no argument '{key}'; it accepts {', '.join(sorted(declared))}")
+            error.position = spec.offset
+            raise error
+        for value in values:
+            if not _VALUE_CHECKS[declared[key]](value):
+                error = TransformError(f"{spec.where()}: {key}={value!r} is not {_KIND_TEXT[declared[key]]}")
+                error.position = spec.offset
+                raise error
+
+
+def _is_dtype(value: str) -> bool:
+    from tensorflow.python.framework import dtypes
+
+    try:
+        dtypes.as_dtype("float32" if value == "float" else "float64" if value == "double" else value)
+        return True
+    except TypeError:
+        return False
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+        return True
+    except ValueError:
+        return False
+
+
+_VALUE_CHECKS = {
+    "bool": lambda v: v.lower() in ("true", "false", "1", "0", "yes", "no"),
+    "int": lambda v: v.lstrip("+-").isdigit(),
+    "float": _is_number,
+    "string": lambda v: True,
+    "dtype": _is_dtype,
+    "shape": lambda v: all(d.strip().lstrip("-").isdigit() for d in v.split(",")) if v.strip() else False,
+}
+_KIND_TEXT = {"bool": "true or false", "int": "an integer", "float": "a number", "string": "a string",
+              "dtype": "a TensorFlow dtype such as float, int32 or quint8", "shape": "a shape such as \"1,224,224,3\""}
 
 
 def _endpoints(graph_def, frozen, inputs, outputs) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -45,6 +45,28 @@ STOCK_TRANSFORMS = (
     "strip_unused_nodes",
 )
 
+# The arguments each stock transform reads (from the tool's sources and README), with the kind of value each takes;
+# ignore_errors (every transform) is added by ``declared_parameters``.
+STOCK_PARAMETERS = {
+    "fold_constants": {"clear_output_shapes": "bool", "exclude_op": "string", "exclude_node": "string",
+                       "max_constant_size_in_bytes": "int"},
+    "freeze_requantization_ranges": {"min_max_log_file": "string", "min_percentile": "float", "max_percentile": "float"},
+    "insert_logging": {"op": "string", "prefix": "string", "show_op": "bool", "show_name": "bool", "message": "string",
+                       "first_n": "int", "summarize": "int"},
+    "quantize_nodes": {"input_min": "float", "input_max": "float", "fallback_min": "float", "fallback_max": "float"},
+    "quantize_weights": {"minimum_size": "int"},
+    "remove_attribute": {"attribute_name": "string", "op_name": "string"},
+    "remove_nodes": {"op": "string"},
+    "rename_attribute": {"old_attribute_name": "string", "new_attribute_name": "string", "op_name": "string"},
+    "rename_node": {"old_node_name": "string", "new_node_name": "string"},
+    "rename_op": {"old_op_name": "string", "new_op_name": "string"},
+    "round_weights": {"num_steps": "int"},
+    "set_device": {"device": "string", "if_default": "bool"},
+    "sparsify_gather": {"input_checkpoint": "string"},
+    "strip_unused_nodes": {"type": "dtype", "shape": "shape", "name": "string", "type_for_name": "dtype",
+                           "shape_for_name": "shape"},
+}
+
 # Measured with TensorFlow 2.21: the fused kernels these transforms emit compute wrong results.
 CAVEATS = {
     "fuse_pad_and_conv": "TensorFlow's FusedPadConv2D kernel is wrong for batches larger than 1",

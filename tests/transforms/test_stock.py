@@ -163,7 +163,7 @@ def test_consecutive_stock_transforms_run_in_one_call(case, monkeypatch):
 
 
 def test_cpp_errors_become_transform_errors_naming_the_transform(case):
-    with pytest.raises(TransformError, match=r"'quantize_weights' at character 15 .*minimum_size argument as a number"):
-        apply_transforms(case.frozen, "fold_constants quantize_weights(minimum_size=abc) sort_by_execution_order")
+    with pytest.raises(TransformError, match=r"'rename_op' at character 15 .*expects exactly one 'old_op_name' and 'new_op_name'"):
+        apply_transforms(case.frozen, "fold_constants rename_op(old_op_name=Mul) sort_by_execution_order")
     with pytest.raises(TransformError, match="'freeze_requantization_ranges'.*min_max_log_file"):
         apply_transforms(case.frozen, ["freeze_requantization_ranges"])
