@@ -13,6 +13,7 @@ import numpy as np
 from tensorflow.core.framework import graph_pb2
 from tqdm.auto import tqdm
 
+from kquant.arguments import check_bool, check_int
 from kquant.converters import freeze
 from kquant.data import iter_batches
 from kquant.errors import ConfigurationError
@@ -123,7 +124,7 @@ def _field(label: str, value) -> str:
 
 
 def benchmark(model, int8=None, *, batches=(1, 32), runs=100, data=None, labels=None, reference=None,
-              progress=True) -> BenchmarkReport:
+              progress=True, safe_mode=True) -> BenchmarkReport:
     """Time ``model`` (its optimized fp32 graph) and, if given, the ``int8`` graph in interleaved rounds.
 
     ``model``: anything ``kquant.freeze`` accepts. ``int8``: a QuantizedModel, a .pb/.pbtxt path, a GraphDef
@@ -134,11 +135,11 @@ def benchmark(model, int8=None, *, batches=(1, 32), runs=100, data=None, labels=
     from kquant.transforms import optimize_for_inference
 
     batches = _checked_batches(batches)
-    if runs < 1:
-        raise ConfigurationError(f"runs={runs}; pass at least 1")
+    check_int("runs", runs, minimum=1)
+    check_bool("progress", progress)
     if data is None and (labels is not None or reference is not None):
         raise ConfigurationError("labels and reference describe data; pass data too")
-    graphs = {"fp32": optimize_for_inference(freeze(model))}
+    graphs = {"fp32": optimize_for_inference(freeze(model, safe_mode=safe_mode))}
     if int8 is not None:
         ensure_onednn()
         graphs["int8"] = _int8_graph(int8, graphs["fp32"])
@@ -221,8 +222,8 @@ def _int8_graph(int8, fp32: FrozenGraph) -> FrozenGraph:
 
 
 def _checked_batches(batches) -> list[int]:
-    batches = [batches] if isinstance(batches, int) else list(batches)
-    if not batches or any(not isinstance(b, (int, np.integer)) or b < 1 for b in batches):
+    batches = [batches] if isinstance(batches, (int, np.integer)) else list(batches) if isinstance(batches, (list, tuple)) else None
+    if not batches or any(not isinstance(b, (int, np.integer)) or isinstance(b, bool) or b < 1 for b in batches):
         raise ConfigurationError(f"batches={batches}; pass positive integers such as (1, 32)")
     return [int(b) for b in dict.fromkeys(batches)]
 

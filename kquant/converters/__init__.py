@@ -13,7 +13,7 @@ from kquant.converters.function import freeze_concrete_function
 from kquant.converters.graph_def import GRAPH_SUFFIXES, frozen_from_graph_def, with_input_shapes
 from kquant.converters.keras import KERAS_SUFFIXES, freeze_keras_model, is_keras_model, load_keras_file
 from kquant.converters.saved_model import freeze_saved_model
-from kquant.errors import ConfigurationError, ModelFormatError
+from kquant.errors import ConfigurationError, ModelFormatError, UnsafeModelError
 from kquant.files import checked_path
 from kquant.graph import SAVED_MODEL_FILES, FrozenGraph, load_graph_def
 
@@ -54,7 +54,26 @@ def freeze(model, *, signature=None, outputs=None, input_shapes=None, checkpoint
         )
     if input_shapes is not None:
         frozen = with_input_shapes(frozen, input_shapes)
+    if safe_mode:
+        refuse_file_access(frozen.graph_def, model)
     return frozen
+
+
+# Ops that touch files or call back into Python when the graph runs (calibration runs it): refused in safe mode.
+FILE_AND_PYTHON_OPS = frozenset({"WriteFile", "ReadFile", "MatchingFiles", "Save", "SaveV2", "SaveSlices",
+                                 "MergeV2Checkpoints", "ImmutableConst", "PyFunc", "PyFuncStateless", "EagerPyFunc"})
+
+
+def refuse_file_access(graph_def, model) -> None:
+    """Raise UnsafeModelError if the graph (or a function of its library) reads or writes files or calls Python."""
+    nodes = list(graph_def.node) + [n for function in graph_def.library.function for n in function.node_def]
+    for node in nodes:
+        to_file = node.op == "PrintV2" and node.attr["output_stream"].s.startswith(b"file://")
+        if node.op in FILE_AND_PYTHON_OPS or to_file:
+            source = model if isinstance(model, (str, os.PathLike)) else "the model"
+            raise UnsafeModelError(f"{source} holds node {node.name} ({node.op}), which reads or writes files or runs "
+                                   "Python when the graph runs, as calibration does; kquant runs no such op from a model "
+                                   "unless asked: if you trust it, pass safe_mode=False (--unsafe-deserialization)")
 
 
 def check_freeze_args(model, signature, outputs, checkpoint, custom_objects, safe_mode) -> list[str] | None:

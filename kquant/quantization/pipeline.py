@@ -48,7 +48,26 @@ def optimize(frozen: FrozenGraph) -> FrozenGraph:
     """The fp32 graph cleaned and folded for quantization (batch norms into weights, static shapes)."""
     from kquant.transforms import optimize_for_inference
 
-    return optimize_for_inference(frozen)
+    return optimize_for_inference(inline_function_calls(frozen))
+
+
+FUNCTION_CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
+
+
+def inline_function_calls(frozen: FrozenGraph) -> FrozenGraph:
+    """``frozen`` with the calls into its function library inlined (the stock inline_partitionedcall), so that
+    the convolutions inside are seen and quantized; a call that stays is an error naming it."""
+    from kquant.transforms import apply_transforms
+
+    if not any(node.op in FUNCTION_CALL_OPS for node in frozen.graph_def.node):
+        return frozen
+    inlined = apply_transforms(frozen, ["inline_partitionedcall"])
+    left = [node.name for node in inlined.graph_def.node if node.op in FUNCTION_CALL_OPS]
+    if left:
+        raise QuantizationError(f"the graph calls functions of its library ({', '.join(left[:3])}) that could not be "
+                                "inlined, so their ops cannot be quantized; freeze the model from Keras or a SavedModel "
+                                "(kquant.freeze inlines them) and quantize that")
+    return inlined
 
 
 def plan(frozen: FrozenGraph, excluded_ops=(), excluded_nodes=()) -> list[Unit]:
