@@ -222,9 +222,10 @@ def _int8_graph(int8, fp32: FrozenGraph) -> FrozenGraph:
 
 
 def _checked_batches(batches) -> list[int]:
-    batches = [batches] if isinstance(batches, (int, np.integer)) else list(batches) if isinstance(batches, (list, tuple)) else None
+    given = batches
+    batches = [batches] if isinstance(batches, (int, np.integer)) else list(batches) if isinstance(batches, (list, tuple)) else []
     if not batches or any(not isinstance(b, (int, np.integer)) or isinstance(b, bool) or b < 1 for b in batches):
-        raise ConfigurationError(f"batches={batches}; pass positive integers such as (1, 32)")
+        raise ConfigurationError(f"batches={given!r}; pass positive integers such as (1, 32)")
     return [int(b) for b in dict.fromkeys(batches)]
 
 

@@ -50,9 +50,10 @@ def checked_path(path, *, role: str = "model", error: type[KQuantError] = ModelF
     return path
 
 
-def read_bytes(path, *, role: str = "model", error: type[KQuantError] = ModelFormatError) -> bytes:
-    """The bytes of a regular file that fits in memory; every failure is ``error`` naming ``path``."""
-    path = checked_path(path, role=role, error=error, directory_ok=False)
+def read_bytes(path, *, role: str = "model", error: type[KQuantError] = ModelFormatError,
+               missing: type[KQuantError] = ModelNotFoundError) -> bytes:
+    """The bytes of a regular file that fits in memory; every failure is ``error`` (``missing``) naming ``path``."""
+    path = checked_path(path, role=role, error=error, missing=missing, directory_ok=False)
     check_fits_in_memory(path.stat().st_size, f"{path}", error)
     with reading(path, error):
         return path.read_bytes()

@@ -210,10 +210,15 @@ def check_output_is_not_input(output: str | os.PathLike, *inputs) -> None:
         if not isinstance(source, (str, os.PathLike)):
             continue
         source = Path(source).resolve()
-        if target == source or (target.exists() and source.exists() and target.samefile(source)):
+        try:
+            same = target == source or (target.exists() and source.exists() and target.samefile(source))
+            inside = source.is_dir() and source in target.parents
+        except OSError:  # a path that cannot be looked at: the file gate names it when it is read
+            continue
+        if same:
             raise OutputWriteError(f"the output {output} is the input {source}; write to another path (kquant never "
                                    "modifies its input)")
-        if source.is_dir() and source in target.parents:
+        if inside:
             raise OutputWriteError(f"the output {output} is inside the input directory {source}; write elsewhere "
                                    "(kquant never modifies its input)")
 

@@ -540,7 +540,8 @@ def _log_text(source) -> str:
         return source
     from kquant.files import read_bytes
 
-    return read_bytes(Path(source), role="min/max log", error=CalibrationDataError).decode(errors="replace")
+    return read_bytes(Path(source), role="min/max log", error=CalibrationDataError,
+                      missing=CalibrationDataError).decode(errors="replace")
 
 
 def _describe(source) -> str:

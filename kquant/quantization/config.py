@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import itertools
 import types
 import warnings
 from typing import Any, Literal, Mapping, get_args
+
+import numpy as np
 
 from kquant.arguments import check_bool, check_choice, check_int, check_number, invalid, names_list
 from kquant.data import DEFAULT_BATCH_SIZE
@@ -63,29 +66,27 @@ class QuantizationConfig:
         """The fields as keyword arguments of ``quantize_frozen``."""
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
-    def calibration_batches(self) -> tuple[int, bool]:
-        """(the most calibration batches to read, whether that is the default limit rather than the caller's)."""
-        if self.max_batches is not None:
-            return self.max_batches, False
-        return -(-DEFAULT_CALIBRATION_SAMPLES // self.batch_size), True
 
-
-def limited_batches(batches, limit: int, default: bool, batch_size: int):
-    """The first ``limit`` of ``batches``; at the default limit, one warning when data was left over."""
+def limited_batches(batches, max_batches: int | None):
+    """The first ``max_batches`` of ``batches``; without a limit, the batches up to DEFAULT_CALIBRATION_SAMPLES samples,
+    with one warning when data was left over (so that an endless dataset ends)."""
+    if max_batches is not None:
+        yield from itertools.islice(batches, max_batches)  # pulls no batch past the last one
+        return
+    samples = 0
     for count, batch in enumerate(batches):
-        if count == limit:
-            if default:
-                warnings.warn(f"calibration stopped after {limit} batches ({limit * batch_size} samples at batch size "
-                              f"{batch_size}) with data left; pass max_batches=N (--calib-batches N) to use more",
-                              stacklevel=2)
+        if samples >= DEFAULT_CALIBRATION_SAMPLES:
+            warnings.warn(f"calibration stopped after {samples} samples ({count} batches) with data left; pass "
+                          "max_batches=N (--calib-batches N) to calibrate on more", stacklevel=2)
             return
+        samples += len(batch[0]) if batch and np.ndim(batch[0]) else 1
         yield batch
 
 
 def _calibration_name(method) -> str:
     from kquant.quantization.calibration import CALIBRATORS
 
-    name = method.strip().lower() if isinstance(method, str) else method
+    name = method.strip().lower() if isinstance(method, str) else None
     if name not in CALIBRATORS:
         raise invalid("calibration", method, "one of " + ", ".join(repr(m) for m in CALIBRATORS))
     return name

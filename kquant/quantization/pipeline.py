@@ -97,11 +97,9 @@ def calibrate(frozen: FrozenGraph, units, data, *, method="minmax", batch_size=D
     """Ranges of ``tensors_to_calibrate(units)`` from at most ``max_batches`` batches (None: the default limit of
     ``DEFAULT_CALIBRATION_SAMPLES`` samples, with a warning when data is left); ``keep_first`` (a list) receives
     the first batch."""
-    from kquant.quantization.config import QuantizationConfig, limited_batches
+    from kquant.quantization.config import limited_batches
 
-    limit, default = QuantizationConfig(batch_size=batch_size, max_batches=max_batches).calibration_batches()
-    batches = limited_batches(iter_batches(data, frozen.inputs, batch_size, role="calibration data"), limit, default,
-                              batch_size)
+    batches = limited_batches(iter_batches(data, frozen.inputs, batch_size, role="calibration data"), max_batches)
     if keep_first is not None:
         batches = _keeping_first(batches, keep_first)
     return collect_ranges(frozen.graph_def, frozen.input_names, tensors_to_calibrate(units), batches,
