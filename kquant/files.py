@@ -101,8 +101,12 @@ def load_arrays(path, *, role: str = "calibration data", error: type[KQuantError
     Each array's header is read first: object (pickled) arrays are refused and the size it claims is checked
     against the memory at hand before numpy allocates it. A damaged file or member is ``error`` naming it.
     """
-    if not os.path.lexists(path):
-        raise error(f"cannot read {role} {path} (it does not exist); check the path")
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        raise error(f"cannot read {role} {path} (it does not exist); check the path") from None
+    except (OSError, ValueError):
+        pass  # checked_path names the problem
     path = checked_path(path, role=role, error=error, directory_ok=False)
     hint = "pass a .npy or .npz file of numeric arrays (np.save / np.savez)"
     with reading(path, error), open(path, "rb") as file:

@@ -318,7 +318,7 @@ def test_logs_without_usable_lines_or_with_nan_raise(tmp_path):
         read_min_max_log(junk)
     with pytest.raises(CalibrationDataError, match="no '__min:"):
         read_min_log(";a__print__;__max:[1]")
-    with pytest.raises(CalibrationDataError, match="cannot read"):
+    with pytest.raises(CalibrationDataError, match="missing.log does not exist"):
         read_min_max_log(tmp_path / "missing.log")
     with pytest.raises(CalibrationDataError, match="'a'.*NaN"):
         read_min_max_log(";a__print__;__requant_min_max:[nan][1]\n")

@@ -2,16 +2,22 @@
 apply_transforms/transform_graph and quantize. Nothing may escape but a KQuantError (or a valid result).
 
 Budget: each target runs MAX_EXAMPLES hypothesis examples, derandomized (the same examples every run, so CI
-is reproducible) and without a deadline; the whole file takes about 5 s on 2 cores.
+is reproducible) and without a deadline. The API-parameter targets at the end mix hostile values into the
+parameters of quantize, freeze/summarize_graph, transform_graph and benchmark, each example under a SIGALRM
+time limit so that a hang fails instead of stalling.
 """
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tensorflow.core.framework import attr_value_pb2, graph_pb2, tensor_shape_pb2
@@ -192,3 +198,118 @@ def test_quantize_mutated_graph(seed_graphs, data):
     qmodel = kquant_error_or(lambda: kquant.quantize(graph, samples(8), progress=False))
     if qmodel is not None:
         kquant_error_or(lambda: qmodel.predict(samples(2)))
+
+
+# --- the public API's parameters: hostile and valid values mixed; only a KQuantError may escape, nothing may hang
+
+HOSTILE_VALUES = [None, "", "64", "MatMul", "0.01", 2.5, -1, 0, True, float("nan"), float("inf"), [], ["x", 3], {},
+                  {"percentile": "99"}, (None, 5), b"bytes", object(), 10**12]
+VALID_QUANTIZE_VALUES = {
+    "per_channel": [True, False], "calibration": ["minmax", "percentile", "kl", "KL "],
+    "calibration_options": [None, {}], "excluded_ops": [(), "MatMul", ["Conv2D"]], "excluded_nodes": [(), "nope"],
+    "batch_size": [1, 8, np.int64(64)], "max_batches": [None, 1, 2], "max_accuracy_drop": [0.0, 0.01, 1],
+    "eval_fn": [None, lambda predict: 0.5, lambda predict: float(np.mean(predict(samples(4)))), lambda predict: None],
+    "relative": [True, False], "max_trials": [1, 2], "fallback": ["fp32", "bf16"], "kernels": ["onednn", "public"],
+    "stem": ["fp32", "int8"], "inputs": [None, ["x"], "x"], "outputs": [None], "input_shapes": [None],
+    "signature": [None], "progress": [False], "safe_mode": [True, False],
+}
+CALIBRATION_DATA = [lambda: samples(8), lambda: samples(8)[:0], lambda: [samples(4)], lambda: {"x": samples(4)},
+                    lambda: "calib.npy", lambda: None, lambda: iter([]), lambda: tf.constant(samples(4)),
+                    lambda: samples(8).astype(np.float16), lambda: (samples(4), np.zeros(4)), lambda: 7,
+                    lambda: [samples(4), samples(4)], lambda: samples(4)[..., :1]]
+CASE_SECONDS = 60
+
+
+@contextlib.contextmanager
+def within(seconds: int = CASE_SECONDS):
+    """Fail the example if it runs past ``seconds`` (SIGALRM)."""
+    def alarm(signum, frame):
+        raise TimeoutError(f"a fuzz case ran past {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def arguments(data, valid: dict) -> dict:
+    """Some of ``valid``'s parameters, each a valid value or (about one in four) a hostile one."""
+    drawn = {}
+    for name in data.draw(st.lists(st.sampled_from(sorted(valid)), max_size=5, unique=True), label="parameters"):
+        pool = valid[name] if data.draw(st.integers(0, 3), label=f"{name} hostile?") else HOSTILE_VALUES
+        drawn[name] = data.draw(st.sampled_from(pool), label=name)
+    return drawn
+
+
+API_FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.function_scoped_fixture])
+
+
+@API_FUZZ
+@given(data=st.data())
+def test_quantize_parameters(small_frozen, data):
+    calibration_data = data.draw(st.sampled_from(CALIBRATION_DATA), label="calibration data")()
+    kwargs = arguments(data, VALID_QUANTIZE_VALUES)
+    kwargs.setdefault("progress", False)
+    with within(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qmodel = kquant_error_or(lambda: kquant.quantize(small_frozen, calibration_data, **kwargs))
+    assert qmodel is None or isinstance(qmodel, kquant.QuantizedModel)
+
+
+VALID_FREEZE_VALUES = {"signature": [None], "outputs": [None, "output_0", ["output_0"], "nope"],
+                       "input_shapes": [None, (None, 8, 8, 2), {"x": (None, 8, 8, 2)}, (None, 5), [[None, 8, 8, 2]]],
+                       "checkpoint": [None], "custom_objects": [None], "safe_mode": [True, False]}
+
+
+@API_FUZZ
+@given(data=st.data())
+def test_freeze_and_summarize_parameters(small_cnn, small_files, data):
+    model = data.draw(st.sampled_from([small_cnn, small_files["pb"], str(small_files["pbtxt"]), small_files["calib"],
+                                       None, 3, "", "/dev/null", "/nonexistent/m.keras"]), label="model")
+    kwargs = arguments(data, VALID_FREEZE_VALUES)
+    with within(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frozen = kquant_error_or(lambda: kquant.freeze(model, **kwargs))
+        summary = kquant_error_or(lambda: kquant.summarize_graph(frozen if data.draw(st.booleans()) else model))
+    assert frozen is None or isinstance(frozen, kquant.FrozenGraph)
+    assert summary is None or summary.node_count > 0
+
+
+VALID_TRANSFORM_VALUES = {"inputs": [None, "x", ["x"]], "outputs": [None, "output_0", ["output_0"]],
+                          "transforms": ["fold_constants", ["strip_unused_nodes", "sort_by_execution_order"], "",
+                                         "fold_keras_batch_norms(ignore_errors=true)"],
+                          "file_name": ["t.pb", "t.pbtxt", "t.keras"]}
+
+
+@API_FUZZ
+@given(data=st.data())
+def test_transform_graph_parameters(small_files, data):
+    kwargs = {"inputs": None, "outputs": None, "transforms": "fold_constants", "file_name": "t.pb",
+              **arguments(data, VALID_TRANSFORM_VALUES)}
+    with tempfile.TemporaryDirectory() as directory, within():
+        path = kquant_error_or(lambda: kquant.transform_graph(small_files["pb"], directory, **kwargs))
+        assert path is None or Path(path).stat().st_size > 0
+        left = sorted(p.name for p in Path(directory).iterdir())
+    assert left == ([] if path is None else [Path(path).name])
+
+
+VALID_BENCHMARK_VALUES = {"batches": [(1,), 2, [1, 3]], "runs": [1, 2], "progress": [False],
+                          "data": [None, samples(3)], "labels": [None, np.zeros(3, np.int64)], "safe_mode": [True]}
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_benchmark_parameters(small_frozen, data):
+    kwargs = {"runs": 1, "batches": (1,), "progress": False, **arguments(data, VALID_BENCHMARK_VALUES)}
+    if kwargs["runs"] == 10**12:
+        kwargs["runs"] = 1  # a valid value that only takes forever
+    with within(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = kquant_error_or(lambda: kquant.benchmark(small_frozen, **kwargs))
+    assert report is None or "fp32" in report.variants

@@ -289,7 +289,9 @@ BAD_ARGUMENTS = [  # (function, keyword, value, fragment of what is expected)
     ("quantize", "batch_size", True, "an integer of at least 1"),
     ("quantize", "calibration_options", {"percentile": "99.9"}, "a number"),
     ("quantize", "calibration_options", [("percentile", 99.9)], "a dict option name -> value"),
-    ("quantize", "calibration_options", {"bogus": 1}, "an option of calibration 'minmax'"),
+    ("quantize", "calibration_options", {"bogus": 1}, "an option of calibration 'percentile': percentile, symmetric"),
+    ("quantize", "calibration_options", {"symmetric": 1}, "True or False"),
+    ("quantize", "calibration_options", {"percentile": 20.0}, "percentile must be in (50, 100], got 20.0"),
     ("quantize", "max_accuracy_drop", "0.01", "a number"),
     ("quantize", "max_accuracy_drop", float("nan"), "a number"),
     ("quantize", "max_accuracy_drop", -0.1, "a number in [0"),
@@ -336,7 +338,8 @@ BAD_ARGUMENTS = [  # (function, keyword, value, fragment of what is expected)
 def _call(function, keyword, value, small_cnn, small_frozen, small_files, tmp_path):
     data = samples(8)
     if function == "quantize":
-        return kquant.quantize(small_frozen, data, **{"progress": False, keyword: value})
+        method = {"calibration": "percentile"} if keyword == "calibration_options" else {}
+        return kquant.quantize(small_frozen, data, **{"progress": False, **method, keyword: value})
     if function == "freeze":
         return kquant.freeze(small_cnn, **{keyword: value})
     if function == "benchmark":
@@ -538,11 +541,11 @@ def test_wrong_data_forms_are_named(form, two_input_model):
 
 def _function_library_graph(channels: int):
     """A GraphDef whose convolution sits in a function of its library, called through PartitionedCall."""
-    weights = tf.constant(np.random.default_rng(0).standard_normal((3, 3, channels, 6)).astype(np.float32))
+    weights = np.random.default_rng(0).standard_normal((3, 3, channels, 6)).astype(np.float32)
 
     @tf.function
     def inner(x):
-        return tf.nn.relu(tf.nn.conv2d(x, weights, 1, "SAME"))
+        return tf.nn.relu(tf.nn.conv2d(x, tf.constant(weights), 1, "SAME"))  # a Const inside the function
 
     @tf.function(input_signature=[tf.TensorSpec((None, 8, 8, channels), tf.float32, name="x")])
     def outer(x):
