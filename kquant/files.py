@@ -50,6 +50,24 @@ def checked_path(path, *, role: str = "model", error: type[KQuantError] = ModelF
     return path
 
 
+def checked_tree(directory, *, role: str = "model", error: type[KQuantError] = ModelFormatError) -> Path:
+    """``directory`` with every file in it through ``checked_path`` and their total size checked against memory:
+    for formats TensorFlow reads itself (SavedModels), which would block on a FIFO inside."""
+    directory = checked_path(directory, role=role, error=error)
+    total = 0
+    with reading(directory, error):
+        for root, folders, names in os.walk(directory, onerror=_raise):
+            for name in names + folders:
+                entry = checked_path(Path(root) / name, role=role, error=error)
+                total += entry.stat().st_size if entry.is_file() else 0
+    check_fits_in_memory(total, str(directory), error)
+    return directory
+
+
+def _raise(exc: OSError):
+    raise exc
+
+
 def read_bytes(path, *, role: str = "model", error: type[KQuantError] = ModelFormatError,
                missing: type[KQuantError] = ModelNotFoundError) -> bytes:
     """The bytes of a regular file that fits in memory; every failure is ``error`` (``missing``) naming ``path``."""

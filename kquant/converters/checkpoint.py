@@ -6,6 +6,7 @@ pruned to the requested outputs: the job of TF1's freeze_graph.py, without a ses
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 
@@ -14,7 +15,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2, node_def_pb2, types_pb2
 
 from kquant.errors import ModelFormatError, ModelInputError, ModelNotFoundError, first_line
-from kquant.files import checked_path, reading
+from kquant.files import checked_path, checked_tree, reading
 from kquant.graph import const_node, check_nodes_exist, extract_sub_graph, is_control_input, node_name
 from kquant.summarize import VARIABLE_OPS
 
@@ -61,11 +62,15 @@ def freeze_with_checkpoint(graph_def: graph_pb2.GraphDef, checkpoint: str, outpu
 
 def _check_checkpoint_exists(prefix: str) -> None:
     """A checkpoint is a directory (with a ``checkpoint`` file) or a prefix with a ``.index`` file beside it."""
-    target = prefix if os.path.isdir(prefix) else f"{prefix}.index"
+    if os.path.isdir(prefix):
+        checked_tree(prefix, role="checkpoint")
+        return
+    target = f"{prefix}.index"
     if not os.path.exists(target):
         raise ModelNotFoundError(f"checkpoint {prefix} does not exist (no {target}); pass the checkpoint prefix or its "
                                  "directory (e.g. run/model.ckpt for run/model.ckpt.index)")
-    checked_path(target, role="checkpoint")
+    for part in [target, *glob.glob(glob.escape(prefix) + ".data-*")]:
+        checked_path(part, role="checkpoint")
 
 
 def _checkpoint_key(node, stored) -> str:

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from kquant.converters.function import freeze_concrete_function
 from kquant.errors import first_line, ModelFormatError, SignatureNotFoundError
+from kquant.files import checked_tree
 
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -24,6 +25,7 @@ def freeze_saved_model(path, signature: str | None = None):
             f"{path} is a directory but not a SavedModel (no saved_model.pb inside); "
             "pass a SavedModel directory, a .keras/.h5 file or a .pb graph"
         )
+    checked_tree(path)
     try:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # TF raises several types for a damaged SavedModel

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import zipfile
@@ -164,19 +165,24 @@ READ_ROLES = {  # where a path is read -> (command line with {path}, file name)
     "bench_data": (["bench", "{pb}", "--data", "{path}", "--runs", "1", "--batch", "1"], "d.npz"),
     "bench_labels": (["bench", "{pb}", "--data", "{calib}", "--labels", "{path}", "--runs", "1", "--batch", "1"], "l.npy"),
     "checkpoint": (["freeze", "{pb}", "--checkpoint", "{stem}", "--outputs", "x", "-o", "{out}"], "ck.index"),
+    "saved_model_file": (["summarize", "{dir}"], "saved/saved_model.pb"),
+    "saved_model_variables": (["summarize", "{dir}"], "saved/variables/variables.index"),
 }
 
 
 @pytest.mark.parametrize("role", READ_ROLES)
 @pytest.mark.parametrize("kind", SPECIAL_FILES)
-def test_special_files_are_refused_without_opening_them(kind, role, small_files, tmp_path, capfd):
+def test_special_files_are_refused_without_opening_them(kind, role, small_files, tf_keras_saved_model, tmp_path, capfd):
     make, what = SPECIAL_FILES[kind]
     template, name = READ_ROLES[role]
     path = tmp_path / name
+    if "{dir}" in template:  # a real SavedModel with one of its files replaced
+        shutil.copytree(tf_keras_saved_model, tmp_path / "saved")
+        path.unlink()
     keep = make(path)
     out = tmp_path / "out.pb"
     values = {"path": path, "out": out, "pb": small_files["pb"], "calib": small_files["calib"],
-              "stem": path.with_suffix("")}
+              "stem": path.with_suffix(""), "dir": tmp_path / "saved"}
     argv = [str(values[arg[1:-1]]) if arg.startswith("{") else arg for arg in template]
     try:
         cli_error(argv, capfd, str(path), what, "not a regular file")
