@@ -14,7 +14,7 @@ from google.protobuf import message, text_format
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.python.framework import tensor_util
 
-from kquant.errors import first_line, ModelFormatError, ModelNotFoundError, NodeNotFoundError, OutputWriteError
+from kquant.errors import first_line, ModelFormatError, NodeNotFoundError, OutputWriteError
 
 TEXT_SUFFIXES = (".pbtxt", ".txt", ".prototxt")
 GRAPH_SUFFIXES = (".pb",) + TEXT_SUFFIXES

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tensorflow.core.framework import graph_pb2
 
+from kquant.arguments import check_type, names_list
 from kquant.converters.checkpoint import freeze_with_checkpoint
 from kquant.converters.function import freeze_concrete_function
 from kquant.converters.graph_def import GRAPH_SUFFIXES, frozen_from_graph_def, with_input_shapes
@@ -78,8 +79,6 @@ def refuse_file_access(graph_def, model) -> None:
 
 def check_freeze_args(model, signature, outputs, checkpoint, custom_objects, safe_mode) -> list[str] | None:
     """Check freeze's options against their types and against ``model``; returns ``outputs`` as a list (or None)."""
-    from kquant.arguments import check_type, names_list
-
     check_type("signature", signature, str, "a signature name such as 'serving_default'", optional=True)
     check_type("checkpoint", checkpoint, (str, os.PathLike), "a checkpoint prefix such as 'run/model.ckpt'", optional=True)
     check_type("custom_objects", custom_objects, dict, "a dict name -> class", optional=True)

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from kquant.converters.function import freeze_concrete_function, name_outputs, sanitize_node_name
 from kquant.errors import ConfigurationError, error_line, first_line, ModelFormatError, ModelInputError, UnsafeModelError
-from kquant.files import check_fits_in_memory, checked_path
+from kquant.files import check_fits_in_memory, checked_path, reading
 from kquant.graph import FrozenGraph, save_graph_def
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -93,7 +93,8 @@ def load_keras_file(path: str | os.PathLike, custom_objects=None, safe_mode: boo
 def _refuse_code(path: Path) -> None:
     """Raise UnsafeModelError if the model config in ``path`` holds a lambda (Python bytecode) anywhere."""
     config = _model_config(path)
-    layer = _layer_with_code(config) if config is not None else None
+    with reading(path):
+        layer = _layer_with_code(config) if config is not None else None
     if layer is not None:
         raise UnsafeModelError(_unsafe_message(path, layer))
 
