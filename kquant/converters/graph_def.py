@@ -6,7 +6,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 from tensorflow.python.framework import dtypes
 
-from kquant.errors import first_line, ModelFormatError, ModelInputError
+from kquant.errors import ConfigurationError, first_line, ModelFormatError, ModelInputError
 from kquant.graph import (GRAPH_SUFFIXES, FrozenGraph, TensorSpec, check_nodes_exist, extract_sub_graph, node_name,
                           nodes_by_name, tensor_name)
 from kquant.summarize import VARIABLE_OPS, summarize_graph
@@ -38,7 +38,7 @@ def frozen_from_graph_def(graph_def: graph_pb2.GraphDef, inputs=None, outputs=No
 def with_input_shapes(frozen: FrozenGraph, input_shapes) -> FrozenGraph:
     """Set the Placeholder shapes of ``frozen`` (one shape, or a dict input name -> shape); returns a copy."""
     if isinstance(input_shapes, dict):
-        shapes = {node_name(k): v for k, v in input_shapes.items()}
+        shapes = {node_name(str(k)): v for k, v in input_shapes.items()}
     elif len(frozen.inputs) == 1:
         shapes = {frozen.inputs[0].node: input_shapes}
     else:
@@ -50,6 +50,14 @@ def with_input_shapes(frozen: FrozenGraph, input_shapes) -> FrozenGraph:
     if unknown:
         raise ModelInputError(f"input_shapes names unknown inputs {', '.join(unknown)}; the inputs are "
                               f"{', '.join(i.node for i in frozen.inputs)}")
+    for name, shape in shapes.items():
+        try:
+            shapes[name] = tf.TensorShape(shape)
+            if shapes[name].rank is None:
+                raise ValueError("the rank is unknown")
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"input_shapes={input_shapes!r} is not a shape for {name} ({first_line(exc)}); give "
+                                     "one shape such as (None, 28, 28, 1) or a dict input name -> shape") from None
     graph_def = graph_pb2.GraphDef()
     graph_def.CopyFrom(frozen.graph_def)
     for node in graph_def.node:

@@ -120,5 +120,5 @@ def test_a_model_whose_only_conv_is_the_stem_comes_back_fp32_with_a_warning_nami
 
 
 def test_an_unknown_stem_choice_is_named():
-    with pytest.raises(ConfigurationError, match="stem='bf16' is not one of fp32, int8"):
+    with pytest.raises(ConfigurationError, match="stem='bf16' is not valid; expected one of 'fp32', 'int8'"):
         kquant.quantize(stem_cnn(), np.zeros((4, 12, 12, 1), np.float32), stem="bf16", progress=False)
