@@ -210,7 +210,7 @@ VALID_QUANTIZE_VALUES = {
     "batch_size": [1, 8, np.int64(64)], "max_batches": [None, 1, 2], "max_accuracy_drop": [0.0, 0.01, 1],
     "eval_fn": [None, lambda predict: 0.5, lambda predict: float(np.mean(predict(samples(4)))), lambda predict: None],
     "relative": [True, False], "max_trials": [1, 2], "fallback": ["fp32", "bf16"], "kernels": ["onednn", "public"],
-    "stem": ["fp32", "int8"], "inputs": [None, ["x"], "x"], "outputs": [None], "input_shapes": [None],
+    "stem": ["fp32", "int8"], "inputs": [None, ["x"], "x"], "outputs": [None], "input_shapes": [None, (None, 8, 8, 2)],
     "signature": [None], "progress": [False], "safe_mode": [True, False],
 }
 CALIBRATION_DATA = [lambda: samples(8), lambda: samples(8)[:0], lambda: [samples(4)], lambda: {"x": samples(4)},
@@ -244,7 +244,7 @@ def arguments(data, valid: dict) -> dict:
     return drawn
 
 
-API_FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
+API_FUZZ = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.function_scoped_fixture])
 
