@@ -22,7 +22,7 @@ import tensorflow as tf
 import kquant
 from kquant.errors import (CalibrationDataError, ConfigurationError, DataError, KQuantError, ModelFormatError,
                            ModelInputError, ModelNotFoundError, OutputWriteError, TransformError, UnsafeModelError)
-from tests.reliability.conftest import INPUT_SHAPE, assert_one_error_line, run_cli, samples, unprivileged
+from tests.reliability.conftest import assert_one_error_line, run_cli, samples, unprivileged
 
 TIME_LIMIT = 120  # seconds per case: far above any case's run time, far below "hangs"
 
@@ -677,4 +677,3 @@ def test_every_hostile_error_is_a_kquant_error():
     for error in (DataError, CalibrationDataError, UnsafeModelError, ConfigurationError, OutputWriteError):
         assert issubclass(error, KQuantError)
     assert issubclass(UnsafeModelError, ModelFormatError) and issubclass(CalibrationDataError, DataError)
-    assert INPUT_SHAPE == (8, 8, 2)
