@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summarize", help="list a graph's likely inputs and outputs, op histogram and parameter size")
     p.add_argument("model", help="a .pb/.pbtxt graph, .keras/.h5 file or SavedModel directory")
     p.add_argument("--signature", help="SavedModel signature (default serving_default)")
+    p.add_argument("--print-structure", action="store_true",
+                   help="also list every node with its op, inputs and shape (summarize_graph --print_structure)")
     p.set_defaults(run=_summarize)
 
     p = sub.add_parser("freeze", help="freeze any model format to a GraphDef")
@@ -129,10 +131,11 @@ def _summarize(args) -> int:
     from kquant.converters.graph_def import GRAPH_SUFFIXES
 
     model = Path(args.model)
-    if model.suffix.lower() in GRAPH_SUFFIXES:
-        print(kquant.summarize_graph(model))
-    else:
-        print(kquant.summarize_graph(kquant.freeze(model, signature=args.signature)))
+    graph = model if model.suffix.lower() in GRAPH_SUFFIXES else kquant.freeze(model, signature=args.signature)
+    summary = kquant.summarize_graph(graph)
+    if args.print_structure:
+        print(summary.structure())
+    print(summary)
     return 0
 
 
