@@ -162,6 +162,8 @@ def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration=
             fell_back=fell_back, fallback=fallback)
         return graph
 
+    if ranges is not None and data is not None:  # ranges from a log: still keep a batch for the per-layer report
+        sample.append(next(iter(iter_batches(data, fp32.inputs, batch_size, role="calibration data"))))
     chosen, fell_back, trials = calibration, (), []
     if eval_fn is None:
         int8 = attempt(calibration, ())
