@@ -36,7 +36,7 @@ def check_report(report: str) -> None:
 def test_trained_example_reports_accuracy_of_both_graphs(name, floor):
     report = run_example(name)
     check_report(report)
-    fp32, int8 = field(report, "Classification accuracy (%)")
+    fp32, int8 = field(report, "Top-1 accuracy (%)")
     assert fp32 > floor
     assert abs(fp32 - int8) <= 2.0, (fp32, int8)
     assert field(report, "Top-1 agreement (%)")[0] >= 90.0
