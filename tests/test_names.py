@@ -20,7 +20,7 @@ def cnn():
     x = keras.layers.Conv2D(4, 3, activation="relu", name="conv1")(image)
     x = keras.layers.Conv2D(6, 3, use_bias=False, name="conv2")(x)
     x = keras.layers.ReLU(name="relu2")(keras.layers.BatchNormalization(name="bn2")(x))
-    probs = keras.layers.Dense(3, activation="softmax", name="probs")(keras.layers.Flatten()(x))
+    probs = keras.layers.Dense(3, activation="softmax", name="probs")(keras.layers.Flatten(name="flatten")(x))
     return keras.Model(image, probs)
 
 

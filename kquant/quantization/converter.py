@@ -134,7 +134,8 @@ def ranges_from_log(log, units) -> dict:
             f"{', '.join(sorted(unmatched)[:3])}); log the graph you quantize, e.g. kquant quantize --save-stages DIR")
     if unmatched:
         warnings.warn(f"{len(unmatched)} of {len(requant) + len(bounds)} min/max log entries match no int8 unit and "
-                      f"were ignored: {', '.join(sorted(unmatched)[:5])}", stacklevel=3)
+                      f"were ignored ({len(ranges)} ranges taken from the others): {', '.join(sorted(unmatched)[:5])}",
+                      stacklevel=3)
     return ranges
 
 
