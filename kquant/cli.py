@@ -263,7 +263,7 @@ def _samples(path, inputs, args):
 
     preprocessing = Preprocessing(args.scale, args.mean, args.std, args.preprocess)
     return open_source(path, inputs, batch_size=args.batch_size, image_size=args.image_size, color=args.color,
-                       preprocessing=preprocessing, feature=args.feature)
+                       preprocessing=preprocessing, feature=args.feature, progress=not args.no_progress)
 
 
 def _accuracy(data, labels, inputs, batch_size):

@@ -9,6 +9,7 @@ import importlib
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from kquant.errors import CalibrationDataError, ConfigurationError
 
@@ -72,19 +73,20 @@ class ImageFolder(_Batched):
     """JPEG/PNG files under ``directory`` (sorted, subfolders included), decoded by TensorFlow, resized to
     ``image_size`` (height, width), ``color`` "rgb" or "gray", and scaled by ``preprocessing``."""
 
-    def __init__(self, directory, image_size, color="rgb", preprocessing=Preprocessing(), batch_size=64):
+    def __init__(self, directory, image_size, color="rgb", preprocessing=Preprocessing(), batch_size=64, progress=False):
         self.files = sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         if not self.files:
             raise CalibrationDataError(f"{directory} holds no .jpg/.jpeg/.png image; pass a folder of images")
         self.decode = _ImageDecoder(image_size, color)
         self.preprocessing = preprocessing
         self.batch_size = batch_size
+        self.progress = progress
 
     def __len__(self) -> int:
         return len(self.files)
 
     def _rows(self):
-        for path in self.files:
+        for path in tqdm(self.files, desc="reading images", unit="image", disable=not self.progress, leave=False):
             yield self.preprocessing(self.decode(path.read_bytes(), str(path)))
 
 
@@ -92,20 +94,24 @@ class TFRecords(_Batched):
     """One feature of the tf.train.Example records in TFRecord ``files``: an encoded JPEG/PNG image (decoded and
     preprocessed as by ImageFolder) or raw floats reshaped to ``shape``."""
 
-    def __init__(self, files, feature, shape, image_size=None, color="rgb", preprocessing=Preprocessing(), batch_size=64):
+    def __init__(self, files, feature, shape, image_size=None, color="rgb", preprocessing=Preprocessing(), batch_size=64,
+                 progress=False):
         self.files = [str(f) for f in files]
         self.feature = feature
         self.shape = tuple(shape)
         self.decode = _ImageDecoder(image_size, color) if image_size else None
         self.preprocessing = preprocessing
         self.batch_size = batch_size
+        self.progress = progress
 
     def _rows(self):
         import tensorflow as tf
 
-        for path in self.files:
-            for index, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
-                yield self._value(tf.train.Example.FromString(record), f"{path} record {index}")
+        with tqdm(desc="reading records", unit="record", disable=not self.progress, leave=False) as bar:
+            for path in self.files:
+                for index, record in enumerate(tf.data.TFRecordDataset(path).as_numpy_iterator()):
+                    bar.update(1)
+                    yield self._value(tf.train.Example.FromString(record), f"{path} record {index}")
 
     def _value(self, example, where):
         features = example.features.feature
@@ -147,7 +153,8 @@ class _ImageDecoder:
         return image.numpy().astype(np.float32)
 
 
-def open_source(path, inputs, *, batch_size=64, image_size=None, color=None, preprocessing=Preprocessing(), feature=None):
+def open_source(path, inputs, *, batch_size=64, image_size=None, color=None, preprocessing=Preprocessing(), feature=None,
+                progress=False):
     """The samples at ``path`` for a graph with ``inputs`` (TensorSpecs): a folder of images, TFRecord file(s) (a
     file, or a folder of them, with ``feature``), a .npy array or a .npz (one array per input name). The image
     size and color default to the single input's shape ``[?, H, W, C]``."""
@@ -169,11 +176,12 @@ def open_source(path, inputs, *, batch_size=64, image_size=None, color=None, pre
             raise ConfigurationError(f"{path} holds TFRecords: name the feature to read with --feature NAME")
         if not shape or None in shape:
             raise ConfigurationError(f"input {spec.node} has no fixed shape {spec.shape}; TFRecord samples need one")
-        return TFRecords(records, feature, shape, image_size if len(shape) == 3 else None, color, preprocessing, batch_size)
+        return TFRecords(records, feature, shape, image_size if len(shape) == 3 else None, color, preprocessing, batch_size,
+                         progress)
     if path.is_dir():
         if image_size is None:
             raise ConfigurationError(f"input {spec.node} is not an image of fixed size; pass --image-size H,W")
-        return ImageFolder(path, image_size, color, preprocessing, batch_size)
+        return ImageFolder(path, image_size, color, preprocessing, batch_size, progress)
     raise CalibrationDataError(f"{path} is not a .npy/.npz file, a TFRecord file or a folder of images or TFRecords")
 
 

@@ -131,3 +131,11 @@ def test_cli_inputs_and_outputs_by_node_name_or_signature_key(tmp_path, capfd):
     assert main(["quantize", str(tmp_path / "sm"), "--outputs", "head/predictions/probs", "--calib",
                  str(tmp_path / "calib.npy"), "-o", str(tmp_path / "bad.pb"), "--no-progress"]) == 2
     assert "head/predictions/probs" in capfd.readouterr().err
+
+
+def test_reading_shows_progress_unless_told_not_to(tmp_path, capfd):
+    write_images(tmp_path, 3, size=(8, 8))
+    list(ImageFolder(tmp_path, (8, 8), progress=True))
+    assert "reading images" in capfd.readouterr().err
+    list(ImageFolder(tmp_path, (8, 8)))
+    assert "reading images" not in capfd.readouterr().err
