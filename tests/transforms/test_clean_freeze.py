@@ -10,7 +10,6 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 import kquant
 from kquant import operations
-from kquant.transforms import apply_transforms
 
 from ..conftest import randomize_weights, run_frozen
 
