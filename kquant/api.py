@@ -140,7 +140,11 @@ class QuantizedModel:
         graph, _ = build(result.fp32, result.ranges, result.options, excluded_ops=result.excluded_ops,
                          excluded_nodes=result.excluded_nodes + result.stems, fell_back=result.fell_back,
                          fallback=result.fallback, extra_outputs=[u.output_tensor for u in candidates])
-        return layer_report(result.fp32, graph.graph_def, candidates, kept_out, result.ranges, result.sample)
+        return layer_report(result.fp32, graph.graph_def, candidates, kept_out, result.ranges, result.sample, result.layers)
+
+    def stem_layers(self) -> list[str]:
+        """The layers of the image stems kept fp32, named as the per-layer report names them."""
+        return [self.result.layers.get(anchor, anchor) for anchor in self.result.stems]
 
     def op_counts(self) -> dict:
         return dict(collections.Counter(n.op for n in self.graph_def.node))
@@ -152,7 +156,7 @@ class QuantizedModel:
         lines = [
             f"int8 units: {sum(kinds.values())} (" + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + ")",
             "int8 ops: " + ", ".join(f"{n} {op}" for op, n in sorted(int8.items())),
-            *([f"fp32 image stem: {', '.join(self.result.stems)}"] if self.result.stems else []),
+            *([f"fp32 image stem: {', '.join(self.stem_layers())}"] if self.result.stems else []),
             str(summarize_graph(self.graph_def)),
         ]
         return "\n".join(lines)

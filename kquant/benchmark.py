@@ -23,7 +23,6 @@ from kquant.runtime import GraphRunner, ensure_onednn, session_config
 
 WARMUP_RUNS = 5
 ROUNDS = 5
-EVAL_BATCH = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,14 +41,40 @@ class Timing:
 
 
 @dataclasses.dataclass
+class DatasetPass:
+    """One timed pass over the whole dataset in batches, as the seeds' launch_benchmark.py reports it."""
+
+    batch_size: int
+    batches: int
+    duration_s: float      # the graph's run calls only, not reading the data
+    records: int
+    correct: int | None = None
+    top1: float | None = None  # percent
+    top5: float | None = None  # percent; None with fewer than 5 classes
+
+    @property
+    def throughput(self) -> float:
+        return self.records / self.duration_s
+
+    @property
+    def latency_ms(self) -> float:
+        return self.duration_s / self.batches * 1e3
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "throughput": self.throughput, "latency_ms": self.latency_ms}
+
+
+@dataclasses.dataclass
 class VariantReport:
-    """One graph's numbers: serialized size, timings by batch size, accuracy and agreement in percent."""
+    """One graph's numbers: serialized size, timings by batch size, accuracy and agreement in percent, and the
+    timed pass over the data."""
 
     name: str
     size_bytes: int
     timings: dict[int, Timing]
     accuracy: float | None = None
     agreement: float | None = None
+    dataset: DatasetPass | None = None
 
 
 @dataclasses.dataclass
@@ -82,6 +107,7 @@ class BenchmarkReport:
                     "accuracy": v.accuracy,
                     "agreement": v.agreement,
                     "batches": {str(b): {**dataclasses.asdict(t), "throughput": t.throughput} for b, t in v.timings.items()},
+                    "dataset": v.dataset.to_dict() if v.dataset else None,
                 }
                 for name, v in self.variants.items()
             },
@@ -105,10 +131,20 @@ class BenchmarkReport:
                     _field("Throughput is (records/sec)", f"{timing.throughput:.1f}"),
                     _field("Latency (millisecond/batch)", f"{timing.median_ms:.4f}  (p90 {timing.p90_ms:.4f}, {timing.runs} runs)"),
                 ]
-            if self.records:
-                lines.append(_field("Total test records", self.records))
-            if v.accuracy is not None:
-                lines.append(_field("Classification accuracy (%)", f"{v.accuracy:.4f}"))
+            if v.dataset is not None:
+                d = v.dataset
+                lines += [f"   one pass over the data in batches:",
+                          _field("Batch size", d.batch_size),
+                          _field("Number of batches", d.batches),
+                          _field("Inference duration (seconds)", f"{d.duration_s:.4f}"),
+                          _field("Total test records", d.records),
+                          _field("Throughput (records/sec)", f"{d.throughput:.1f}"),
+                          _field("Latency (ms/batch)", f"{d.latency_ms:.4f}")]
+                if d.correct is not None:
+                    lines.append(_field("Correct predictions", d.correct))
+                    lines.append(_field("Top-1 accuracy (%)", f"{d.top1:.4f}"))
+                    if d.top5 is not None:
+                        lines.append(_field("Top-5 accuracy (%)", f"{d.top5:.4f}"))
             if v.agreement is not None:
                 lines.append(_field("Top-1 agreement (%)", f"{v.agreement:.4f}  (with {self.agreement_with})"))
         lines.append(rule)
@@ -144,7 +180,8 @@ def benchmark(model, int8=None, *, batches=(1, 32), runs=100, data=None, labels=
         ensure_onednn()
         graphs["int8"] = _int8_graph(int8, graphs["fp32"])
     fp32 = graphs["fp32"]
-    eval_batches = list(iter_batches(data, fp32.inputs, EVAL_BATCH, role="benchmark data")) if data is not None else []
+    pass_batch = max(batches)  # the pass over the data runs at the largest timed batch size
+    eval_batches = list(iter_batches(data, fp32.inputs, pass_batch, role="benchmark data")) if data is not None else []
     columns = [np.concatenate(c) for c in zip(*eval_batches)] if eval_batches else _random_inputs(fp32, max(batches))
     records = len(columns[0]) if eval_batches else 0
     runners = {name: GraphRunner(g.graph_def, g.input_names, g.output_names) for name, g in graphs.items()}
@@ -157,7 +194,7 @@ def benchmark(model, int8=None, *, batches=(1, 32), runs=100, data=None, labels=
                 calls = {name: functools.partial(run, *arrays) for name, run in runners.items()}
                 for name, seconds in time_interleaved(calls, runs, bar=bar).items():
                     timings[name][batch] = summarize_times(batch, seconds)
-            outputs = {name: _predict(run, eval_batches, bar) for name, run in runners.items()} if eval_batches else {}
+            passes = {name: _predict(run, eval_batches, bar) for name, run in runners.items()} if eval_batches else {}
     finally:
         for run in runners.values():
             run.close()
@@ -165,7 +202,10 @@ def benchmark(model, int8=None, *, batches=(1, 32), runs=100, data=None, labels=
     written.update({name: without_default_attrs(g.graph_def) for name, g in graphs.items() if name != "fp32"})
     variants = {name: VariantReport(name, len(serialize_graph_def(written[name], text=False)), timings[name])
                 for name in graphs}
-    if outputs:
+    if passes:
+        outputs = {name: out for name, (out, _) in passes.items()}
+        for name, (_, seconds) in passes.items():
+            variants[name].dataset = DatasetPass(pass_batch, len(eval_batches), seconds, records)
         _score(variants, outputs, records, labels, reference)
     return BenchmarkReport(variants, records, session_config().intra_op_parallelism_threads,
                            "fp32" if reference is None else "reference")
@@ -208,6 +248,15 @@ def top1(outputs) -> np.ndarray:
     return outputs.argmax(-1)
 
 
+def _top5(outputs, labels) -> float | None:
+    """Percent of rows whose label is among the 5 highest scores; None for fewer than 5 classes."""
+    outputs = np.asarray(outputs)
+    if outputs.ndim != 2 or outputs.shape[-1] < 5:
+        return None
+    best = np.argpartition(-outputs, 4, axis=-1)[:, :5]
+    return 100.0 * float(np.mean((best == labels[:, None]).any(-1)))
+
+
 def _int8_graph(int8, fp32: FrozenGraph) -> FrozenGraph:
     """The int8 GraphDef as given, fed and fetched by the fp32 graph's tensor names."""
     from kquant.api import QuantizedModel
@@ -248,12 +297,15 @@ def _rows(column: np.ndarray, count: int) -> np.ndarray:
     return np.concatenate([column] * -(-count // len(column)))[:count]
 
 
-def _predict(run, batches, bar) -> np.ndarray:
-    chunks = []
+def _predict(run, batches, bar) -> tuple[np.ndarray, float]:
+    """(the first output over all ``batches``, the seconds the run calls took)."""
+    chunks, seconds = [], 0.0
     for batch in batches:
+        start = time.perf_counter()
         chunks.append(run(*batch)[0])
+        seconds += time.perf_counter() - start
         bar.update(1)
-    return np.concatenate(chunks)
+    return np.concatenate(chunks), seconds
 
 
 def _score(variants, outputs, records, labels, reference) -> None:
@@ -265,6 +317,10 @@ def _score(variants, outputs, records, labels, reference) -> None:
             raise ConfigurationError(f"{len(labels)} labels for {records} records; pass one label per record")
         for name, classes in predicted.items():
             variants[name].accuracy = 100.0 * float(np.mean(classes == labels))
+            correct = int(np.sum(classes == labels))
+            variants[name].dataset.correct = correct
+            variants[name].dataset.top1 = 100.0 * correct / records
+            variants[name].dataset.top5 = _top5(outputs[name], labels)
     if reference is not None:
         expected = top1(reference)
         if len(expected) != records:

@@ -1,13 +1,23 @@
-"""The ``kquant`` command: summarize | freeze (and the later pipeline steps)."""
+"""The ``kquant`` command: summarize | freeze | transform | quantize | bench."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
-WRITTEN_ARGS = ("output", "export", "report", "json")
+WRITTEN_ARGS = ("output", "export", "report", "json", "save_stages")
 READ_ARGS = ("model", "calib", "checkpoint", "min_max_log", "int8", "data", "labels")
+DESCRIPTION = """\
+Freeze TensorFlow/Keras models to GraphDefs, optimize them, and quantize them to calibrated int8 graphs that run
+on oneDNN's int8 kernels; then measure what was gained. Each command takes a .keras/.h5 file, a SavedModel
+directory or a .pb/.pbtxt graph. Typical use:
+  kquant summarize model.keras --print-structure
+  kquant quantize model.keras --calib images/ -o model_int8.pb --report report.html
+  kquant bench model.keras --int8 model_int8.pb --data x.npy --labels y.npy
+Errors are one 'kquant: error: ...' line (exit 2; --debug shows the traceback); every output is written
+atomically, and a command that fails leaves no output behind."""
 
 
 def main(argv=None) -> int:
@@ -82,13 +92,15 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineErrorParser(prog="kquant", description=__doc__)
+    parser = _OneLineErrorParser(prog="kquant", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("summarize", help="list a graph's likely inputs and outputs, op histogram and parameter size")
     p.add_argument("model", help="a .pb/.pbtxt graph, .keras/.h5 file or SavedModel directory")
     p.add_argument("--signature", help="SavedModel signature (default serving_default)")
+    p.add_argument("--print-structure", action="store_true",
+                   help="also list every node with its op, inputs and shape (summarize_graph --print_structure)")
     p.set_defaults(run=_summarize)
 
     p = sub.add_parser("freeze", help="freeze any model format to a GraphDef")
@@ -101,8 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="quantize a model to an int8 GraphDef, calibrating on sample data")
     p.add_argument("model", help="a .keras/.h5 file, SavedModel directory or .pb/.pbtxt graph")
-    p.add_argument("--calib", required=True, help="calibration samples: .npy (one input) or .npz (one array per input name)")
+    p.add_argument("--calib", help="calibration samples: .npy (one input), .npz (one array per input name), a folder "
+                                    "of JPEG/PNG images, or TFRecord file(s) (with --feature); read a batch at a time")
     p.add_argument("-o", "--output", required=True, help="output int8 .pb (binary) or .pbtxt (text)")
+    p.add_argument("--inputs", type=_names, help="comma-separated input node names (default: the model's inputs)")
+    p.add_argument("--outputs", type=_names, help="comma-separated outputs: graph node names or SavedModel signature keys")
+    _add_image_arguments(p)
+    p.add_argument("--labels", help=".npy class labels of the --calib samples: accuracy-aware tuning keeps the most "
+                                    "sensitive layers in fp32 until the accuracy drop is at most --max-accuracy-drop")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.01,
+                   help="largest accepted relative top-1 accuracy drop with --labels (default 0.01: 1%%)")
+    p.add_argument("--save-stages", metavar="DIR", help="also write the optimized fp32 graph, the int8 graph before "
+                                                        "merging and the calibrated ranges as a seed min/max log")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
                    help="per-channel weight scales for convolutions (default on)")
     p.add_argument("--calibration", default="minmax", help="range algorithm: minmax, percentile or kl (default minmax)")
@@ -114,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="calibration batch size (default 64)")
     p.add_argument("--calib-batches", type=int, metavar="N",
                    help="calibrate on at most N batches (default: 10000 samples, with a warning when data is left)")
-    p.add_argument("--min-max-log", help="freeze ranges from a seed-tool min/max log instead of measuring them")
+    p.add_argument("--min-max-log", help="freeze ranges from a seed-tool min/max log instead of measuring them "
+                                         "(with --calib only the ranges the log lacks are measured)")
     p.add_argument("--export", metavar="DIR", help="also write a SavedModel with a serving_default signature")
     p.add_argument("--report", metavar="HTML", help="write a per-layer error report (table and plot) to this page")
     p.add_argument("--signature", help="SavedModel signature (default serving_default)")
@@ -150,6 +173,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_image_arguments(p) -> None:
+    p.add_argument("--image-size", type=_image_size, metavar="H,W", help="resize images to H,W (default: the model input's)")
+    p.add_argument("--color", choices=("rgb", "gray"), help="decode images as rgb or gray (default: from the input's channels)")
+    p.add_argument("--scale", type=_number, default=1.0, help="multiply pixel values (0..255) by this, e.g. 1/255")
+    p.add_argument("--mean", type=_numbers, default=(), help="subtract these per-channel values after --scale, e.g. 0.485,0.456,0.406")
+    p.add_argument("--std", type=_numbers, default=(), help="then divide by these per-channel values")
+    p.add_argument("--preprocess", metavar="NAME", help="a Keras application's preprocess_input instead, e.g. mobilenet_v2")
+    p.add_argument("--feature", help="TFRecord feature holding the sample (an encoded image or raw floats)")
+
+
+def _number(text: str) -> float:
+    try:
+        numerator, _, denominator = text.partition("/")
+        return float(numerator) / (float(denominator) if denominator else 1.0)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number such as 0.5 or 1/255") from None
+
+
+def _numbers(text: str) -> tuple:
+    return tuple(_number(t) for t in _names(text))
+
+
+def _image_size(text: str) -> tuple:
+    try:
+        size = tuple(int(t) for t in _names(text))
+    except ValueError:
+        size = ()
+    if len(size) != 2 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a height and width such as 224,224")
+    return size
+
+
 def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
@@ -163,9 +218,13 @@ def _summarize(args) -> int:
     model = Path(args.model)
     if model.suffix.lower() in GRAPH_SUFFIXES:
         _check_graph_options(args)
-        print(kquant.summarize_graph(model))
+        graph = model
     else:
-        print(kquant.summarize_graph(kquant.freeze(model, signature=args.signature, safe_mode=not args.unsafe_deserialization)))
+        graph = kquant.freeze(model, signature=args.signature, safe_mode=not args.unsafe_deserialization)
+    summary = kquant.summarize_graph(graph)
+    if args.print_structure:
+        print(summary.structure())
+    print(summary)
     return 0
 
 
@@ -209,26 +268,143 @@ def _transform(args) -> int:
 
 
 def _quantize(args) -> int:
-    from kquant.quantization.converter import GraphConverter
+    import kquant
+    from kquant.converters.graph_def import frozen_from_graph_def
+    from kquant.errors import ConfigurationError
+    from kquant.quantization.converter import GraphConverter, save_stages
+    from kquant.files import load_arrays
 
-    from kquant.errors import CalibrationDataError
-
-    data = _load_arrays(args.calib, "calibration data", CalibrationDataError)
-    converter = GraphConverter(args.model, args.output, None, None, excluded_ops=args.exclude_op,
-                               excluded_nodes=args.exclude_node, per_channel=args.per_channel, signature=args.signature,
-                               stem=args.stem, safe_mode=not args.unsafe_deserialization)
+    if args.calib is None and args.min_max_log is None:
+        raise ConfigurationError("kquant quantize needs --calib samples or a --min-max-log; pass one")
+    if args.labels and not args.calib:
+        raise ConfigurationError("--labels label the --calib samples; pass --calib too")
+    _check_new_directory(args.export, "--export")
+    _check_new_directory(args.save_stages, "--save-stages")
+    frozen = kquant.freeze(args.model, signature=args.signature, outputs=args.outputs,
+                           safe_mode=not args.unsafe_deserialization)
+    if args.inputs:
+        frozen = frozen_from_graph_def(frozen.graph_def, inputs=args.inputs, outputs=frozen.output_names)
+    data = _samples(args.calib, frozen.inputs, args) if args.calib else None
+    eval_fn = _accuracy(data, load_arrays(args.labels, role="labels"), frozen.inputs, args.batch_size) if args.labels else None
+    converter = GraphConverter(frozen, None, None, None, excluded_ops=args.exclude_op, excluded_nodes=args.exclude_node,
+                               per_channel=args.per_channel, stem=args.stem)
     qmodel = converter.convert(data, calibration=args.calibration, min_max_log=args.min_max_log,
-                               batch_size=args.batch_size, progress=not args.no_progress, max_batches=args.calib_batches)
-    if args.export:
-        qmodel.export(args.export)
-    if args.report:
-        from kquant.graph import atomic_write
-
-        with atomic_write(args.report) as tmp:
-            tmp.write_text(qmodel.report().to_html(title=f"kquant per-layer report: {args.model}"), encoding="utf-8")
+                               batch_size=args.batch_size, progress=not args.no_progress, eval_fn=eval_fn,
+                               max_accuracy_drop=args.max_accuracy_drop, max_batches=args.calib_batches)
+    report = qmodel.report().to_html(title=f"kquant per-layer report: {args.model}") if args.report else None
+    with _all_or_nothing() as outputs:
+        outputs.write(args.output, qmodel.save)
+        if args.export:
+            outputs.write(args.export, qmodel.export)
+        if report is not None:
+            outputs.write(args.report, lambda path: _write_text(path, report))
+        if args.save_stages:
+            outputs.write(args.save_stages, lambda path: save_stages(qmodel, path))
     print(qmodel.summary())
+    if qmodel.trials:
+        print(f"accuracy-aware tuning: {len(qmodel.trials)} trial(s); kept fp32: {', '.join(qmodel.result.fell_back) or 'none'}")
     print(f"wrote {args.output}" + (f" and SavedModel {args.export}" if args.export else ""))
     return 0
+
+
+def _samples(path, inputs, args):
+    from kquant.sources import Preprocessing, open_source
+
+    preprocessing = Preprocessing(args.scale, args.mean, args.std, args.preprocess)
+    return open_source(path, inputs, batch_size=args.batch_size, image_size=args.image_size, color=args.color,
+                       preprocessing=preprocessing, feature=args.feature, progress=not args.no_progress)
+
+
+def _accuracy(data, labels, inputs, batch_size):
+    """eval_fn for accuracy-aware tuning: top-1 accuracy of a candidate graph on ``data``, streamed in batches."""
+    import numpy as np
+
+    from kquant.benchmark import top1
+    from kquant.data import iter_batches
+    from kquant.errors import ConfigurationError
+
+    labels = np.asarray(labels).reshape(-1)
+
+    def accuracy(predict) -> float:
+        correct = seen = 0
+        for batch in iter_batches(data, inputs, batch_size, role="evaluation data"):
+            outputs = predict(batch[0] if len(batch) == 1 else batch)
+            classes = top1(outputs[0] if isinstance(outputs, list) else outputs)
+            correct += int(np.sum(classes == labels[seen:seen + len(classes)]))
+            seen += len(classes)
+        if seen != len(labels):
+            raise ConfigurationError(f"{len(labels)} labels for {seen} --calib samples; pass one label per sample")
+        return correct / seen
+
+    return accuracy
+
+
+def _check_new_directory(path, flag) -> None:
+    from pathlib import Path
+
+    from kquant.errors import OutputWriteError
+
+    if path and Path(path).exists() and (not Path(path).is_dir() or any(Path(path).iterdir())):
+        raise OutputWriteError(f"{flag} {path} exists and is not an empty directory; choose a new directory")
+
+
+def _write_text(path, text):
+    from kquant.graph import atomic_write
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+class _all_or_nothing:
+    """The outputs of one command, all or nothing: each written atomically by its writer; if a later one fails,
+    those written before are removed again and a file one replaced is put back."""
+
+    def __enter__(self):
+        self._written = []  # (path, backup of the file it replaced or None, whether it existed before)
+        return self
+
+    def write(self, path, writer) -> None:
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        path = Path(path)
+        backup = None
+        if path.is_file():
+            try:
+                handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".bak", dir=path.parent)
+                os.close(handle)
+                backup = Path(name)
+                shutil.copy2(path, backup)
+            except OSError:  # an unwritable directory: the writer fails too, and leaves the file as it is
+                if backup is not None:
+                    backup.unlink(missing_ok=True)
+                backup = None
+        existed = path.exists()  # an existing directory is an empty one (_check_new_directory)
+        try:
+            writer(path)
+        except BaseException:
+            if backup is not None:  # the writers are atomic: the file is still the old one
+                backup.unlink(missing_ok=True)
+            raise
+        self._written.append((path, backup, existed))
+
+    def __exit__(self, kind, exc, traceback):
+        import shutil
+
+        for path, backup, existed in reversed(self._written):
+            if kind is None:
+                if backup is not None:
+                    backup.unlink(missing_ok=True)
+            elif backup is not None:
+                os.replace(backup, path)
+            elif path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                if existed:
+                    path.mkdir()
+            elif not existed:
+                path.unlink(missing_ok=True)
+        return False
 
 
 def _batches(text: str) -> list[int]:
@@ -245,8 +421,10 @@ def _bench(args) -> int:
     import kquant
     from kquant.benchmark import benchmark
 
-    data = _load_arrays(args.data, "benchmark data") if args.data else None
-    labels = _load_arrays(args.labels, "labels") if args.labels else None
+    from kquant.files import load_arrays
+
+    data = load_arrays(args.data, role="benchmark data") if args.data else None
+    labels = load_arrays(args.labels, role="labels") if args.labels else None
     model = kquant.freeze(args.model, signature=args.signature, safe_mode=not args.unsafe_deserialization)
     report = benchmark(model, args.int8, batches=args.batch,
                        runs=args.runs, data=data, labels=labels, progress=not args.no_progress)
@@ -254,14 +432,6 @@ def _bench(args) -> int:
     if args.json:
         print(f"wrote {report.save_json(args.json)}")
     return 0
-
-
-def _load_arrays(path, role, error=None):
-    """A .npy array, or a .npz as a dict name -> array (one unnamed array -> that array), read through the file gate."""
-    from kquant.errors import DataError
-    from kquant.files import load_arrays
-
-    return load_arrays(path, role=role, error=error or DataError)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,23 @@ class GraphSummary:
     const_bytes: int
     variable_parameters: int
     control_edges: int
+    graph_def: graph_pb2.GraphDef | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def structure(self) -> str:
+        """Every node, one a line, as the C++ tool's ``--print_structure`` lists them: ``name (op): [inputs]``,
+        with the output shape TensorFlow infers (``?`` unknown) and a Const's dtype and shape."""
+        if self.graph_def is None:
+            raise ValueError("this summary was built without its graph; use kquant.summarize_graph(graph)")
+        shapes = _output_shapes(self.graph_def)
+        lines = []
+        for node in self.graph_def.node:
+            line = f"{node.name} ({node.op}): [{', '.join(node.input)}]"
+            if node.name in shapes:
+                line += f" shape={shapes[node.name]}"
+            if node.op == "Const":
+                line += f" dtype={dtype_display_name(node.attr['value'].tensor.dtype)}"
+            lines.append(line)
+        return "\n".join(lines)
 
     def __str__(self) -> str:
         lines = []
@@ -100,7 +117,26 @@ def summarize_graph(path_or_graph) -> GraphSummary:
         const_bytes=const_bytes,
         variable_parameters=variable_parameters,
         control_edges=control_edges,
+        graph_def=graph_def,
     )
+
+
+def _output_shapes(graph_def) -> dict[str, str]:
+    """Node name -> its first output's inferred shape (``[?,28,28,1]``); empty when the graph does not import."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    try:
+        with graph.as_default():
+            tf.graph_util.import_graph_def(graph_def, name="")
+    except (ValueError, TypeError, tf.errors.OpError):
+        return {}
+    shapes = {}
+    for op in graph.get_operations():
+        if op.outputs:
+            shape = op.outputs[0].shape
+            shapes[op.name] = "<unknown>" if shape.rank is None else "[" + ",".join("?" if d is None else str(d) for d in shape.as_list()) + "]"
+    return shapes
 
 
 def dtype_display_name(enum: int) -> str:

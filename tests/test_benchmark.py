@@ -79,7 +79,8 @@ def test_fp32_alone_on_random_inputs_and_rows_repeated_to_fill_a_batch(conv_mode
 def test_printed_report_uses_the_seed_labels_and_json_round_trips(report, tmp_path):
     text = str(report)
     for label in ("Model size (bytes)", "Batch size is", "Throughput is (records/sec)", "Latency (millisecond/batch)",
-                  "Total test records", "Classification accuracy (%)", "Top-1 agreement (%)"):
+                  "Total test records", "Top-1 accuracy (%)", "Top-1 agreement (%)", "Number of batches",
+                  "Inference duration (seconds)", "Throughput (records/sec)", "Latency (ms/batch)", "Correct predictions"):
         assert label in text
     assert text.count("Latency (millisecond/batch)") == 2 * len(BATCHES)
     assert "(with fp32)" in text and "int8 / fp32: size" in text and "at batch 4" in text
@@ -134,7 +135,7 @@ def test_cli_bench_prints_the_report_and_writes_json(conv_pb, qmodel, data, tmp_
             "--labels", str(tmp_path / "y.npy"), "--json", str(out_json), "--no-progress"]
     assert main(args) == 0
     out, err = capfd.readouterr()
-    assert "Classification accuracy (%)" in out and f"wrote {out_json}" in out
+    assert "Top-1 accuracy (%)" in out and f"wrote {out_json}" in out
     assert "benchmarking" not in err
     saved = json.loads(out_json.read_text())
     assert sorted(saved["variants"]) == ["fp32", "int8"] and saved["records"] == len(x)
@@ -147,3 +148,19 @@ def test_cli_bench_rejects_a_bad_batch_list(conv_pb, capfd):
         main(["bench", str(conv_pb), "--batch", "1,x"])
     assert exit_info.value.code == 2
     assert "not a list of positive batch sizes" in capfd.readouterr().err
+
+
+def test_a_timed_pass_over_the_whole_dataset_in_the_seeds_shape(report, conv_model, data):
+    x, y = data
+    scores = conv_model.predict(x, verbose=0)
+    for variant in report.variants.values():
+        d = variant.dataset
+        assert (d.batch_size, d.records, d.batches) == (max(BATCHES), len(x), -(-len(x) // max(BATCHES)))
+        assert d.duration_s > 0 and d.throughput == pytest.approx(len(x) / d.duration_s)
+        assert d.latency_ms == pytest.approx(d.duration_s / d.batches * 1e3)
+        assert d.top1 == pytest.approx(100 * d.correct / len(x)) and d.top1 == pytest.approx(variant.accuracy)
+    fp32 = report.variants["fp32"].dataset
+    assert fp32.correct == int(np.sum(scores.argmax(1) == y))
+    top5 = np.argsort(-scores, axis=1)[:, :5]
+    assert fp32.top5 == pytest.approx(100 * np.mean((top5 == y[:, None]).any(1)))
+    assert report.to_dict()["variants"]["fp32"]["dataset"]["latency_ms"] == pytest.approx(fp32.latency_ms)

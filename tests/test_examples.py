@@ -36,7 +36,7 @@ def check_report(report: str) -> None:
 def test_trained_example_reports_accuracy_of_both_graphs(name, floor):
     report = run_example(name)
     check_report(report)
-    fp32, int8 = field(report, "Classification accuracy (%)")
+    fp32, int8 = field(report, "Top-1 accuracy (%)")
     assert fp32 > floor
     assert abs(fp32 - int8) <= 2.0, (fp32, int8)
     assert field(report, "Top-1 agreement (%)")[0] >= 90.0
@@ -50,3 +50,21 @@ def test_fer_example_reports_agreement_with_the_keras_model():
     assert fp32 == 100.0  # the frozen, optimized fp32 graph is the Keras model
     assert int8 >= 80.0
     assert field(report, "Total test records") == [100, 100]
+
+
+def load_example_module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_explicit_sizes_win_over_quick():
+    fashion = load_example_module("fashion_mnist_cnn")
+    args = fashion.parse_args(["--quick", "--epochs", "3", "--runs", "7"])
+    assert (args.train_samples, args.epochs, args.test_samples, args.runs) == (6000, 3, 1000, 7)
+    assert fashion.parse_args([]).epochs == 2
+    adult = load_example_module("wide_deep_adult").parse_args(["--quick", "--train-rows", "500"])
+    assert (adult.epochs, adult.runs, adult.train_rows) == (1, 10, 500)

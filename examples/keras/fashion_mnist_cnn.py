@@ -40,17 +40,28 @@ def train(train_samples=20000, epochs=2, seed=0):
     return model, (x, y), datasets.fashion_mnist("test")
 
 
-def main(argv=None):
+SIZES = {"train_samples": 20000, "epochs": 2, "test_samples": 10000, "runs": 100}
+QUICK = {"train_samples": 6000, "epochs": 1, "test_samples": 1000, "runs": 10}
+
+
+def parse_args(argv=None):
+    """The flags; --quick changes only the sizes not given explicitly."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-samples", type=int, default=20000)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--test-samples", type=int, default=10000)
-    parser.add_argument("--runs", type=int, default=100, help="timed runs per graph and batch size")
-    parser.add_argument("--quick", action="store_true", help="6000 training images, 1 epoch, 1000 test images, 10 runs")
+    parser.add_argument("--train-samples", type=int, help="default 20000 (6000 with --quick)")
+    parser.add_argument("--epochs", type=int, help="default 2 (1 with --quick)")
+    parser.add_argument("--test-samples", type=int, help="default 10000 (1000 with --quick)")
+    parser.add_argument("--runs", type=int, help="timed runs per graph and batch size, default 100 (10 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="smaller defaults for the sizes not given")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.train_samples, args.epochs, args.test_samples, args.runs = 6000, 1, 1000, 10
+    for name, value in (QUICK if args.quick else SIZES).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     model, (x, _), (xt, yt) = train(args.train_samples, args.epochs)
     qmodel = kquant.quantize(model, x[:1000], progress=not args.no_progress)
     print(qmodel.summary())

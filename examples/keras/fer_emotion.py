@@ -17,11 +17,11 @@ def main(argv=None):
     import keras
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=100, help="timed runs per graph and batch size")
-    parser.add_argument("--quick", action="store_true", help="10 runs")
+    parser.add_argument("--runs", type=int, help="timed runs per graph and batch size, default 100 (10 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="10 runs unless --runs is given")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    runs = 10 if args.quick else args.runs
+    runs = args.runs if args.runs is not None else 10 if args.quick else 100
     faces = datasets.lfw_faces()
     calibration, held_out = faces[:100], faces[100:]
     model = keras.models.load_model(datasets.fer_model_path(), compile=False)

@@ -60,17 +60,28 @@ def train(epochs=3, seed=0, train_rows=None):
     return model, (x, y), (xt, yt)
 
 
-def main(argv=None):
+SIZES = {"epochs": 3, "runs": 100, "train_rows": None}
+QUICK = {"epochs": 1, "runs": 10, "train_rows": 10000}
+
+
+def parse_args(argv=None):
+    """The flags; --quick changes only the sizes not given explicitly."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--runs", type=int, default=100, help="timed runs per graph and batch size")
-    parser.add_argument("--quick", action="store_true", help="1 epoch on 10000 rows, 10 runs")
+    parser.add_argument("--epochs", type=int, help="default 3 (1 with --quick)")
+    parser.add_argument("--runs", type=int, help="timed runs per graph and batch size, default 100 (10 with --quick)")
+    parser.add_argument("--train-rows", type=int, help="training rows, default all (10000 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="smaller defaults for the sizes not given")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    train_rows = 10000 if args.quick else None
-    if args.quick:
-        args.epochs, args.runs = 1, 10
-    model, (x, _), (xt, yt) = train(args.epochs, train_rows=train_rows)
+    for name, value in (QUICK if args.quick else SIZES).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    model, (x, _), (xt, yt) = train(args.epochs, train_rows=args.train_rows)
     qmodel = kquant.quantize(model, {k: v[:2000] for k, v in x.items()}, progress=not args.no_progress)
     print(qmodel.summary())
     print(kquant.benchmark(model, qmodel, data=xt, labels=yt, runs=args.runs, progress=not args.no_progress))

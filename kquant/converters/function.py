@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tensorflow.core.framework import node_def_pb2
+from tensorflow.core.framework import node_def_pb2, types_pb2
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from kquant.graph import FrozenGraph, TensorSpec, node_name, output_index
@@ -13,16 +13,40 @@ _VALID_NODE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/>]*$")
 
 
 def freeze_concrete_function(function, output_names=None) -> FrozenGraph:
-    """Freeze a ``tf.function`` concrete function; outputs get ``output_names`` where given and valid."""
+    """Freeze a ``tf.function`` concrete function; outputs get ``output_names`` where given and valid.
+
+    The freeze's NoOp and its control edges to the weights are dropped (``without_freeze_control_edges``): they
+    order nothing, but they pin the unfolded weights, so the stock batch-norm folds would skip them.
+    """
+    from kquant.transforms.rewrites.remove_freeze_leftovers import without_freeze_control_edges
+
     frozen_function = convert_variables_to_constants_v2(function)
-    graph_def = frozen_function.graph.as_graph_def()
     inputs = tuple(
         TensorSpec(t.name, t.dtype.name, _shape(t.shape)) for t in frozen_function.inputs if t.dtype.name != "resource"
     )
     outputs = [TensorSpec(t.name, t.dtype.name, _shape(t.shape)) for t in frozen_function.outputs]
+    graph_def = without_freeze_control_edges(frozen_function.graph.as_graph_def(),
+                                             {spec.node for spec in (*inputs, *outputs)})
+    _inference_batch_norms_as_v1(graph_def)
     if output_names is not None:
         outputs = name_outputs(graph_def, outputs, list(output_names))
     return FrozenGraph(graph_def, inputs, tuple(outputs))
+
+
+def _inference_batch_norms_as_v1(graph_def) -> None:
+    """Turn, in place, each float32 inference FusedBatchNormV3 whose statistics outputs nothing reads into the
+    FusedBatchNorm it computes the same as (same kernel, equal outputs): the stock fold_old_batch_norms of the seed
+    lists folds only that one, and tf_keras emits V3."""
+    read = {inp.lstrip("^") for node in graph_def.node for inp in node.input}
+    for node in graph_def.node:
+        if (node.op == "FusedBatchNormV3" and not node.attr["is_training"].b
+                and node.attr["T"].type == node.attr["U"].type == types_pb2.DT_FLOAT
+                and node.attr["exponential_avg_factor"].f in (0.0, 1.0)
+                and not any(f"{node.name}:{i}" in read for i in range(1, 6))):
+            node.op = "FusedBatchNorm"
+            for name in ("U", "exponential_avg_factor"):
+                if name in node.attr:
+                    del node.attr[name]
 
 
 def name_outputs(graph_def, outputs: list[TensorSpec], names: list[str]) -> list[TensorSpec]:

@@ -16,6 +16,7 @@ from kquant.files import check_fits_in_memory, checked_path, reading
 from kquant.graph import FrozenGraph, save_graph_def
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+_KERAS_TENSOR_NAME = re.compile(r"keras_tensor(_\d+)?(:\d+)?")
 _UNKNOWN_OBJECT = re.compile(r"(?:Could not locate (?:class|function)|Unknown (?:layer|object|[a-z_]+)):? '?([\w.>]+)")
 
 
@@ -185,7 +186,10 @@ def _input_signature(model, input_shapes):
         if shape:
             shape[0] = None
         dtype = tf.as_dtype(getattr(tensor.dtype, "name", tensor.dtype))
-        specs.append(tf.TensorSpec(shape, dtype, name=sanitize_node_name(getattr(tensor, "name", ""), f"input_{i}")))
+        name = getattr(tensor, "name", "")
+        if _KERAS_TENSOR_NAME.fullmatch(name):  # a counter (keras_tensor_16) that changes between processes
+            name = "input" if len(flat) == 1 else f"input_{i}"
+        specs.append(tf.TensorSpec(shape, dtype, name=sanitize_node_name(name, f"input_{i}")))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         specs = [tf.TensorSpec(s.shape, s.dtype, name=f"input_{i}") for i, s in enumerate(specs)]

@@ -42,6 +42,7 @@ class QuantizationResult:
     excluded_ops: tuple = ()
     excluded_nodes: tuple = ()        # the caller's
     stems: tuple = ()                 # anchors of the image stems kept fp32 (stem="fp32")
+    layers: dict = dataclasses.field(default_factory=dict)  # unit anchor -> its Keras layer (kquant.names.LayerNames)
 
 
 def optimize(frozen: FrozenGraph) -> FrozenGraph:
@@ -68,6 +69,15 @@ def inline_function_calls(frozen: FrozenGraph) -> FrozenGraph:
                                 "inlined, so their ops cannot be quantized; freeze the model from Keras or a SavedModel "
                                 "(kquant.freeze inlines them) and quantize that")
     return inlined
+
+
+def resolve_exclusions(fp32: FrozenGraph, frozen: FrozenGraph, excluded_ops=(), excluded_nodes=()) -> tuple:
+    """The fp32 graph's node names ``excluded_nodes`` stand for (nodes or Keras layer names, also nodes of the
+    graph before optimizing); an exclusion that matches nothing raises ConfigurationError naming the closest."""
+    from kquant.names import check_op_types, resolve_nodes
+
+    check_op_types(fp32.graph_def, excluded_ops, "the excluded op type")
+    return resolve_nodes(fp32.graph_def, excluded_nodes, "the excluded node", also=frozen.graph_def)
 
 
 def plan(frozen: FrozenGraph, excluded_ops=(), excluded_nodes=()) -> list[Unit]:
@@ -147,7 +157,7 @@ def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration=
     if kernels not in KERNELS:
         raise ConfigurationError(f"kernels={kernels!r} is not one of {', '.join(KERNELS)}")
     fp32 = optimize(frozen)
-    excluded_nodes = tuple(excluded_nodes)
+    excluded_nodes = resolve_exclusions(fp32, frozen, excluded_ops, excluded_nodes)
     stems = fp32_stems(fp32, excluded_ops, excluded_nodes, stem)
     kept_fp32 = excluded_nodes + stems
     candidates = plan(fp32, excluded_ops, kept_fp32)
@@ -175,6 +185,8 @@ def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration=
             fell_back=fell_back, fallback=fallback)
         return graph
 
+    if ranges is not None and data is not None:  # ranges from a log: still keep a batch for the per-layer report
+        sample.append(next(iter(iter_batches(data, fp32.inputs, batch_size, role="calibration data"))))
     chosen, fell_back, trials = calibration, (), []
     if eval_fn is None:
         int8 = attempt(calibration, ())
@@ -195,7 +207,16 @@ def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration=
             baseline, eval_fn, attempt, ranked, calibrations=alternatives,
             max_accuracy_drop=max_accuracy_drop, relative=relative, max_trials=max_trials, progress=progress)
     return QuantizationResult(int8, fp32, emitted[chosen, tuple(fell_back)], ranges_for(chosen), options, chosen, tuple(fell_back), fallback,
-                              trials, sample[0] if sample else None, tuple(excluded_ops), excluded_nodes, stems)
+                              trials, sample[0] if sample else None, tuple(excluded_ops), excluded_nodes, stems,
+                              unit_layers(fp32, frozen, plan(fp32)))
+
+
+def unit_layers(fp32: FrozenGraph, frozen: FrozenGraph, units) -> dict:
+    """Unit anchor -> the Keras layer it computes, the one name the summary, the stem and the report show."""
+    from kquant.names import LayerNames
+
+    layers = LayerNames(fp32.graph_def, before=frozen.graph_def)
+    return {unit.anchor: layers.of(unit.anchor) for unit in units}
 
 
 def _keeping_first(batches, keep):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import logging
 import os
+import warnings
 from pathlib import Path
 
 from tensorflow.core.framework import graph_pb2
@@ -18,9 +18,6 @@ from kquant.transforms.context import TransformContext
 from kquant.transforms.parse import TransformSpec, parse_transforms
 from kquant.transforms.registry import declared_parameters, python_transforms
 from kquant.transforms.stock import STOCK_TRANSFORMS, run_stock
-
-log = logging.getLogger(__name__)
-
 
 def apply_transforms(graph, transforms, inputs=None, outputs=None):
     """Apply ``transforms`` (strings as the Graph Transform Tool takes them) to a GraphDef or FrozenGraph.
@@ -162,7 +159,7 @@ def _run_python(graph_def, context: TransformContext):
         return transform(graph_def, context)
     except Exception as exc:
         if ignore_errors:  # skip the transform whatever failed, as the C++ tool does
-            log.warning("%s failed and was skipped (ignore_errors=true): %s", context.name, exc)
+            warnings.warn(f"{context.name} failed and was skipped (ignore_errors=true): {first_line(exc)}", stacklevel=2)
             return graph_def
         if isinstance(exc, KQuantError):
             raise

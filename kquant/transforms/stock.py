@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import warnings
 
 from tensorflow.core.framework import graph_pb2
 from tensorflow.python.util._pywrap_transform_graph import TransformGraphWithStringInputs
@@ -76,14 +76,12 @@ CAVEATS = {
                                 "and ignores half_pixel_centers=True (TF2's tf.image.resize, Keras Resizing/UpSampling2D)",
 }
 
-log = logging.getLogger(__name__)
-
-
 def run_stock(graph_def: graph_pb2.GraphDef, specs, inputs, outputs) -> graph_pb2.GraphDef:
     """Run consecutive stock transforms in one call of the C++ tool; a failure names the transform that failed."""
     for spec in specs:
         if spec.name in CAVEATS:
-            log.warning("%s: %s; check the outputs (mkl_fuse_pad_and_conv folds zero padding safely)", spec.name, CAVEATS[spec.name])
+            warnings.warn(f"{spec.name}: {CAVEATS[spec.name]}; check the outputs (mkl_fuse_pad_and_conv folds zero "
+                          "padding safely)", stacklevel=2)
     try:
         return _call(graph_def, specs, inputs, outputs)
     except TransformError:

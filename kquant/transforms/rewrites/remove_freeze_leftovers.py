@@ -27,14 +27,7 @@ SWITCH_OPS = frozenset({"Switch", "RefSwitch", "_SwitchN"})
 @register("remove_freeze_leftovers")
 def remove_freeze_leftovers(graph_def, context):
     protected = context.protected
-    constant = _constant_only(graph_def)
-    result = graph_pb2.GraphDef()
-    result.CopyFrom(graph_def)
-    for node in result.node:
-        kept = [inp for inp in node.input if not (is_control_input(inp) and node_name(inp) in constant)]
-        if len(kept) != len(node.input):
-            del node.input[:]
-            node.input.extend(kept)
+    result = without_freeze_control_edges(graph_def, protected)
     ops = {node.name: node.op for node in result.node}
     forward = {node.name: node.input[0] for node in result.node
                if node.op == "Identity" and node.name not in protected and len(node.input) == 1
@@ -44,8 +37,28 @@ def remove_freeze_leftovers(graph_def, context):
         if rewired != list(node.input):
             del node.input[:]
             node.input.extend(rewired)
+    kept_nodes = [node for node in result.node if node.name not in forward]
+    del result.node[:]
+    result.node.extend(kept_nodes)
+    return prune_unused(result, [node.name for node in result.node], protected)
+
+
+def without_freeze_control_edges(graph_def, protected=()) -> graph_pb2.GraphDef:
+    """A copy of ``graph_def`` without control edges from constant-only nodes and without the NoOps left with no
+    input: the first half of this transform, which ``freeze`` applies to every graph it hands out (every value
+    stays exactly as it was)."""
+    constant = _constant_only(graph_def)
+    result = graph_pb2.GraphDef()
+    result.CopyFrom(graph_def)
+    for node in result.node:
+        kept = [inp for inp in node.input if not (is_control_input(inp) and node_name(inp) in constant)]
+        if len(kept) != len(node.input):
+            del node.input[:]
+            node.input.extend(kept)
     empty_noops = {node.name for node in result.node if node.op == "NoOp" and not node.input and node.name not in protected}
-    kept_nodes = [node for node in result.node if node.name not in forward and node.name not in empty_noops]
+    if not empty_noops:
+        return result
+    kept_nodes = [node for node in result.node if node.name not in empty_noops]
     for node in kept_nodes:
         if any(node_name(inp) in empty_noops for inp in node.input):
             inputs = [inp for inp in node.input if node_name(inp) not in empty_noops]
@@ -53,7 +66,7 @@ def remove_freeze_leftovers(graph_def, context):
             node.input.extend(inputs)
     del result.node[:]
     result.node.extend(kept_nodes)
-    return prune_unused(result, [node.name for node in result.node], protected)
+    return result
 
 
 def _constant_only(graph_def) -> set[str]:
