@@ -270,9 +270,9 @@ def _transform(args) -> int:
 def _quantize(args) -> int:
     import kquant
     from kquant.converters.graph_def import frozen_from_graph_def
-    from kquant.errors import ConfigurationError
+    from kquant.errors import CalibrationDataError, ConfigurationError
+    from kquant.files import checked_data_path, load_arrays
     from kquant.quantization.converter import GraphConverter, save_stages
-    from kquant.files import load_arrays
 
     if args.calib is None and args.min_max_log is None:
         raise ConfigurationError("kquant quantize needs --calib samples or a --min-max-log; pass one")
@@ -280,6 +280,9 @@ def _quantize(args) -> int:
         raise ConfigurationError("--labels label the --calib samples; pass --calib too")
     _check_new_directory(args.export, "--export")
     _check_new_directory(args.save_stages, "--save-stages")
+    for path, role in ((args.calib, "calibration data"), (args.labels, "labels")):
+        if path:  # before the model is read: a wrong data path fails at once
+            checked_data_path(path, role=role, error=CalibrationDataError)
     frozen = kquant.freeze(args.model, signature=args.signature, outputs=args.outputs,
                            safe_mode=not args.unsafe_deserialization)
     if args.inputs:

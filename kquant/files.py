@@ -113,19 +113,25 @@ def check_fits_in_memory(size: int, what: str, error: type[KQuantError] = ModelF
                     "free memory or pass a smaller file")
 
 
-def load_arrays(path, *, role: str = "calibration data", error: type[KQuantError] = DataError):
-    """A .npy file as an array, or a .npz as a dict name -> array (a single unnamed ``arr_0`` -> that array).
-
-    Each array's header is read first: object (pickled) arrays are refused and the size it claims is checked
-    against the memory at hand before numpy allocates it. A damaged file or member is ``error`` naming it.
-    """
+def checked_data_path(path, *, role: str = "calibration data", error: type[KQuantError] = DataError,
+                      directory_ok: bool = True) -> Path:
+    """``checked_path`` for data files: every problem, a missing path too, is ``error`` naming the ``role``."""
     try:
         os.lstat(path)
     except FileNotFoundError:
         raise error(f"cannot read {role} {path} (it does not exist); check the path") from None
     except (OSError, ValueError):
         pass  # checked_path names the problem
-    path = checked_path(path, role=role, error=error, directory_ok=False)
+    return checked_path(path, role=role, error=error, directory_ok=directory_ok)
+
+
+def load_arrays(path, *, role: str = "calibration data", error: type[KQuantError] = DataError):
+    """A .npy file as an array, or a .npz as a dict name -> array (a single unnamed ``arr_0`` -> that array).
+
+    Each array's header is read first: object (pickled) arrays are refused and the size it claims is checked
+    against the memory at hand before numpy allocates it. A damaged file or member is ``error`` naming it.
+    """
+    path = checked_data_path(path, role=role, error=error, directory_ok=False)
     hint = "pass a .npy or .npz file of numeric arrays (np.save / np.savez)"
     with reading(path, error), open(path, "rb") as file:
         magic = file.read(len(_NPY_MAGIC))

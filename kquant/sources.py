@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kquant.errors import CalibrationDataError, ConfigurationError
-from kquant.files import checked_path, load_arrays
+from kquant.files import checked_data_path, load_arrays
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".record")
@@ -159,7 +159,7 @@ def open_source(path, inputs, *, batch_size=64, image_size=None, color=None, pre
     """The samples at ``path`` for a graph with ``inputs`` (TensorSpecs): a folder of images, TFRecord file(s) (a
     file, or a folder of them, with ``feature``), a .npy array or a .npz (one array per input name). The image
     size and color default to the single input's shape ``[?, H, W, C]``."""
-    path = checked_path(path, role="calibration data", error=CalibrationDataError, missing=CalibrationDataError)
+    path = checked_data_path(path, error=CalibrationDataError)
     if path.suffix.lower() in (".npy", ".npz"):
         return load_arrays(path, error=CalibrationDataError)
     spec = inputs[0]
