@@ -133,7 +133,7 @@ class BenchmarkReport:
                 ]
             if v.dataset is not None:
                 d = v.dataset
-                lines += [f"   one pass over the data in batches:",
+                lines += ["   one pass over the data in batches:",
                           _field("Batch size", d.batch_size),
                           _field("Number of batches", d.batches),
                           _field("Inference duration (seconds)", f"{d.duration_s:.4f}"),

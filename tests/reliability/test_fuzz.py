@@ -9,8 +9,6 @@ time limit so that a hang fails instead of stalling.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import tempfile
 import warnings
 from pathlib import Path
@@ -26,7 +24,7 @@ from tensorflow.python.framework import tensor_util
 import kquant
 from kquant.errors import KQuantError
 from kquant.transforms import all_transform_names, apply_transforms, optimize_for_inference_trans
-from tests.reliability.conftest import samples
+from tests.reliability.conftest import samples, within
 
 MAX_EXAMPLES = 60
 FUZZ = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -220,21 +218,6 @@ CALIBRATION_DATA = [lambda: samples(8), lambda: samples(8)[:0], lambda: [samples
 CASE_SECONDS = 60
 
 
-@contextlib.contextmanager
-def within(seconds: int = CASE_SECONDS):
-    """Fail the example if it runs past ``seconds`` (SIGALRM)."""
-    def alarm(signum, frame):
-        raise TimeoutError(f"a fuzz case ran past {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def arguments(data, valid: dict) -> dict:
     """Some of ``valid``'s parameters, each a valid value or (about one in four) a hostile one."""
     drawn = {}
@@ -255,7 +238,7 @@ def test_quantize_parameters(small_frozen, data):
     calibration_data = data.draw(st.sampled_from(CALIBRATION_DATA), label="calibration data")()
     kwargs = arguments(data, VALID_QUANTIZE_VALUES)
     kwargs.setdefault("progress", False)
-    with within(), warnings.catch_warnings():
+    with within(CASE_SECONDS), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         qmodel = kquant_error_or(lambda: kquant.quantize(small_frozen, calibration_data, **kwargs))
     assert qmodel is None or isinstance(qmodel, kquant.QuantizedModel)
@@ -272,7 +255,7 @@ def test_freeze_and_summarize_parameters(small_cnn, small_files, data):
     model = data.draw(st.sampled_from([small_cnn, small_files["pb"], str(small_files["pbtxt"]), small_files["calib"],
                                        None, 3, "", "/dev/null", "/nonexistent/m.keras"]), label="model")
     kwargs = arguments(data, VALID_FREEZE_VALUES)
-    with within(), warnings.catch_warnings():
+    with within(CASE_SECONDS), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         frozen = kquant_error_or(lambda: kquant.freeze(model, **kwargs))
         summary = kquant_error_or(lambda: kquant.summarize_graph(frozen if data.draw(st.booleans()) else model))
@@ -291,7 +274,7 @@ VALID_TRANSFORM_VALUES = {"inputs": [None, "x", ["x"]], "outputs": [None, "outpu
 def test_transform_graph_parameters(small_files, data):
     kwargs = {"inputs": None, "outputs": None, "transforms": "fold_constants", "file_name": "t.pb",
               **arguments(data, VALID_TRANSFORM_VALUES)}
-    with tempfile.TemporaryDirectory() as directory, within():
+    with tempfile.TemporaryDirectory() as directory, within(CASE_SECONDS):
         path = kquant_error_or(lambda: kquant.transform_graph(small_files["pb"], directory, **kwargs))
         assert path is None or Path(path).stat().st_size > 0
         left = sorted(p.name for p in Path(directory).iterdir())
@@ -309,7 +292,7 @@ def test_benchmark_parameters(small_frozen, data):
     kwargs = {"runs": 1, "batches": (1,), "progress": False, **arguments(data, VALID_BENCHMARK_VALUES)}
     if kwargs["runs"] == 10**12:
         kwargs["runs"] = 1  # a valid value that only takes forever
-    with within(), warnings.catch_warnings():
+    with within(CASE_SECONDS), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = kquant_error_or(lambda: kquant.benchmark(small_frozen, **kwargs))
     assert report is None or "fp32" in report.variants

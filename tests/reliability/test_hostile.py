@@ -8,10 +8,8 @@ with one ``kquant: error:`` line and no output file), or in the documented resul
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import zipfile
 
@@ -22,29 +20,7 @@ import tensorflow as tf
 import kquant
 from kquant.errors import (CalibrationDataError, ConfigurationError, DataError, KQuantError, ModelFormatError,
                            ModelInputError, ModelNotFoundError, OutputWriteError, TransformError, UnsafeModelError)
-from tests.reliability.conftest import assert_one_error_line, run_cli, samples, unprivileged
-
-TIME_LIMIT = 120  # seconds per case: far above any case's run time, far below "hangs"
-
-
-class Hang(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def within(seconds: int = TIME_LIMIT):
-    """Fail with Hang if the block runs longer than ``seconds`` (SIGALRM interrupts blocking reads too)."""
-    def alarm(signum, frame):
-        raise Hang(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
+from tests.reliability.conftest import assert_one_error_line, run_cli, samples, unprivileged, within
 
 def cli_error(argv, capfd, *fragments) -> str:
     with within():
