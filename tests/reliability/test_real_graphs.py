@@ -63,3 +63,47 @@ def test_mobilenet_v2_quantizes_and_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     depthwise, pads, *_, finite = result.stdout.split("RESULT")[-1].split()
     assert (int(depthwise), int(pads), finite) == (17, 0, "True")
+
+
+def with_explicit_depthwise_padding(graph_def):
+    """The form kquant made before: each Pad before a DepthwiseConv2dNative folded into padding="EXPLICIT"."""
+    nodes = {n.name: n for n in graph_def.node}
+    for node in graph_def.node:
+        source = nodes.get(node.input[0]) if node.op == "DepthwiseConv2dNative" else None
+        if source is not None and source.op == "Pad":
+            paddings = tensor_util.MakeNdarray(nodes[source.input[1]].attr["value"].tensor)
+            node.input[0] = source.input[0]
+            node.attr["padding"].s = b"EXPLICIT"
+            node.attr["explicit_paddings"].list.i[:] = [int(v) for v in paddings.reshape(-1)]
+    return graph_def
+
+
+@pytest.mark.skipif(not MOBILENET.exists(), reason="../shared/fixtures is not there")
+def test_a_graph_that_aborts_tensorflow_raises_graph_run_error_and_the_process_lives_on():
+    result = run_child("""
+        import numpy as np, kquant
+        from kquant.errors import GraphRunError
+        from kquant.quantization.calibrate import collect_ranges
+        from kquant.quantization.patterns import find_units
+        from kquant.quantization.pipeline import tensors_to_calibrate
+        from kquant.transforms import optimize_for_inference
+        from tests.reliability.test_real_graphs import mobilenet_v2_graph_def, with_explicit_depthwise_padding
+        fp32 = optimize_for_inference(kquant.freeze(mobilenet_v2_graph_def()))
+        graph_def = with_explicit_depthwise_padding(fp32.graph_def)
+        tensors = tensors_to_calibrate(find_units(graph_def))
+        x = np.random.default_rng(0).random((4, 224, 224, 3), dtype=np.float32)
+        try:
+            collect_ranges(graph_def, fp32.input_names, tensors, [[x]], progress=False)
+        except GraphRunError as exc:
+            print("RAISED", exc)
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "RAISED TensorFlow aborted the process running the fp32 graph for calibration (SIGABRT: Check failed" in result.stdout
+
+
+def test_preflight_can_be_turned_off(monkeypatch):
+    import kquant.preflight
+
+    monkeypatch.setattr(kquant.preflight.subprocess, "run", lambda *a, **k: pytest.fail("a child process ran"))
+    monkeypatch.setenv("KQUANT_PREFLIGHT", "0")
+    kquant.preflight.preflight(None, [], [], [], "a graph")
