@@ -7,11 +7,14 @@ next unknown one. The child imports the graph into a session configured like kqu
 and fetches the same tensors on one batch; if a signal kills it, the parent raises ``GraphRunError``. Any
 ordinary failure in the child is left to the in-process run, which reports it the usual way.
 
-It costs a TensorFlow start-up and one batch (measured in the README); KQUANT_PREFLIGHT=0 turns it off.
+One child serves a whole process (started at the first pre-flight, again after an abort), so the TensorFlow
+start-up is paid once; each graph then costs its import and one batch (measured in the README).
+KQUANT_PREFLIGHT=0 turns it off.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -39,15 +42,53 @@ def preflight(graph_def, inputs, outputs, arrays, what: str = "the graph") -> No
         (tmp / "graph.pb").write_bytes(graph_def.SerializeToString())
         np.savez(tmp / "inputs.npz", *[np.asarray(a) for a in arrays])
         (tmp / "names.json").write_text(json.dumps({"inputs": list(inputs), "outputs": list(outputs)}))
-        child = subprocess.run([sys.executable, "-m", "kquant.preflight", str(tmp)], capture_output=True, text=True,
-                               env={**os.environ, "KQUANT_TF_LOGS": "1"})
-    if child.returncode >= 0:
+        returncode, stderr = _Child.run(tmp)
+    if returncode is None or returncode >= 0:
         return
     raise GraphRunError(
-        f"TensorFlow aborted the process running {what} ({_signal_name(-child.returncode)}: {_abort_line(child.stderr)}); "
+        f"TensorFlow aborted the process running {what} ({_signal_name(-returncode)}: {_abort_line(stderr)}); "
         "kquant ran it in a child process first, so this process lives on. The graph holds a form TensorFlow cannot "
         "run: please report it with the model; excluding the named op from quantization or another transform list may avoid it"
     )
+
+
+class _Child:
+    """The one child process of this process: reads a folder per line on stdin, answers a line when it ran it."""
+
+    process: subprocess.Popen | None = None
+    log = None  # its stderr, a file: a pipe nobody reads would fill and stop it
+
+    @classmethod
+    def run(cls, folder: Path) -> tuple[int | None, str]:
+        """(None, "") when the child ran the graph in ``folder`` (or failed it without dying), else (its exit status, its stderr)."""
+        if cls.process is None or cls.process.poll() is not None:
+            cls.log = tempfile.TemporaryFile("w+")
+            cls.process = subprocess.Popen([sys.executable, "-m", "kquant.preflight"], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, stderr=cls.log, text=True,
+                                           env={**os.environ, "KQUANT_TF_LOGS": "1"})
+        process = cls.process
+        try:
+            process.stdin.write(f"{folder}\n")
+            process.stdin.flush()
+            answer = process.stdout.readline()
+        except BrokenPipeError:
+            answer = ""
+        if answer:
+            return None, ""
+        cls.process = None
+        process.wait()
+        cls.log.seek(0)
+        return process.returncode, cls.log.read()
+
+    @classmethod
+    def close(cls) -> None:
+        if cls.process is not None and cls.process.poll() is None:
+            cls.process.stdin.close()
+            cls.process.wait()
+        cls.process = None
+
+
+atexit.register(_Child.close)
 
 
 def _signal_name(number: int) -> str:
@@ -66,18 +107,24 @@ def _abort_line(stderr: str) -> str:
     return reason.split("] ", 1)[-1][:300]
 
 
-def _run_child(folder: str) -> None:
+def _serve() -> None:
+    """The child: run each folder named on stdin, answer on stdout; an ordinary error is the in-process run's to report."""
     import kquant  # noqa: F401  (sets TensorFlow up as the parent has it)
     from kquant.graph import load_graph_def
     from kquant.runtime import GraphRunner
 
-    folder = Path(folder)
-    names = json.loads((folder / "names.json").read_text())
-    with np.load(folder / "inputs.npz") as data:
-        arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
-    with GraphRunner(load_graph_def(folder / "graph.pb"), names["inputs"], names["outputs"]) as run:
-        run(*arrays)
+    for line in sys.stdin:
+        folder = Path(line.strip())
+        try:
+            names = json.loads((folder / "names.json").read_text())
+            with np.load(folder / "inputs.npz") as data:
+                arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
+            with GraphRunner(load_graph_def(folder / "graph.pb"), names["inputs"], names["outputs"]) as run:
+                run(*arrays)
+        except Exception:  # the in-process run reports it
+            pass
+        print("done", flush=True)
 
 
 if __name__ == "__main__":
-    _run_child(sys.argv[1])
+    _serve()

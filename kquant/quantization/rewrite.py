@@ -10,6 +10,7 @@ fp32 ops dequantizes inside the kernel.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -25,6 +26,7 @@ from kquant.graph import (
     nodes_by_name,
     tensor_name,
 )
+from kquant.errors import first_line
 from kquant.quantization import nodes as N
 from kquant.quantization.calibration import MIN_RANGE_WIDTH
 from kquant.quantization.patterns import (
@@ -110,21 +112,33 @@ class _Rewriter:
                 unit = unit.without_sum()
             if not self._supported(unit):
                 continue
+            new_nodes, entries = len(self.new_nodes), dict(self.entries)
+            try:
+                self._emit(unit, read_as_int8)
+            except Exception as exc:  # a form the rewrite cannot express: the unit stays fp32, the rest still int8
+                del self.new_nodes[new_nodes:]
+                self.entries = entries
+                self.quantized.pop(unit.output_tensor, None)
+                warnings.warn(f"the int8 rewrite kept {unit.anchor} ({self.nodes[unit.anchor].op}) in fp32: it could not "
+                              f"express it in int8 ({type(exc).__name__}: {first_line(exc)})", stacklevel=3)
+                continue
             self.emitted.append(unit)
             replaced.update(unit.nodes)
-            in_kernel_dequantize = self.options.kernels == "onednn" or not unit.activation  # no public Relu+Dequantize op
-            if unit.kind == "matmul" and unit.output_tensor not in read_as_int8 and in_kernel_dequantize:
-                self._matmul(unit, to_float=True)
-                continue
-            out = _EMITTERS[unit.kind](self, unit)
-            self.quantized[unit.output_tensor] = out
-            self.new_nodes.append(N.dequantize(unit.output, out.tensor, out.min, out.max, out.dtype, out.mode))
         result = graph_pb2.GraphDef()
         result.versions.CopyFrom(self.graph_def.versions)
         result.library.CopyFrom(self.graph_def.library)
         result.node.extend(n for n in self.graph_def.node if n.name not in replaced)
         result.node.extend(self.new_nodes)
         return _summand_readers_first(extract_sub_graph(result, outputs))
+
+    def _emit(self, unit: Unit, read_as_int8) -> None:
+        in_kernel_dequantize = self.options.kernels == "onednn" or not unit.activation  # no public Relu+Dequantize op
+        if unit.kind == "matmul" and unit.output_tensor not in read_as_int8 and in_kernel_dequantize:
+            self._matmul(unit, to_float=True)
+            return
+        out = _EMITTERS[unit.kind](self, unit)
+        self.quantized[unit.output_tensor] = out
+        self.new_nodes.append(N.dequantize(unit.output, out.tensor, out.min, out.max, out.dtype, out.mode))
 
     def _supported(self, unit: Unit) -> bool:
         """Whether the chosen kernels can run ``unit``; the public ops need an unsigned input (and convs a plain padding)."""

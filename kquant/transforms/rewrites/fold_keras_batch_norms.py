@@ -40,7 +40,7 @@ PATTERNS = tuple(_patterns())
 
 @register("fold_keras_batch_norms")
 def fold_keras_batch_norms(graph_def, context):
-    return replace_matching(graph_def, PATTERNS, _fold, protected=context.protected)
+    return replace_matching(graph_def, PATTERNS, _fold, protected=context.protected, transform=context.name)
 
 
 def _fold(match, index):

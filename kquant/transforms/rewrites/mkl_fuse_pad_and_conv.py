@@ -29,7 +29,7 @@ PATTERNS = (
 
 @register("mkl_fuse_pad_and_conv")
 def mkl_fuse_pad_and_conv(graph_def, context):
-    return replace_matching(graph_def, PATTERNS, _fuse, protected=context.protected)
+    return replace_matching(graph_def, PATTERNS, _fuse, protected=context.protected, transform=context.name)
 
 
 def _fuse(match, index):
