@@ -105,3 +105,16 @@ def test_a_lone_mul_after_a_conv_folds_into_its_weights():
     case = case_from_function(lambda x: tf.nn.conv2d(x, constant(3, 3, 3, 4), 1, "SAME") * tf.reshape(constant(4, seed=1), [1, 1, 1, 4]),
                               (6, 6, 3))
     assert_ops(transformed(case, PREPARE + ["fold_keras_batch_norms"]), Mul=0, BiasAdd=1, Conv2D=1)
+
+
+def test_a_tf_keras_h5_with_batch_norm_on_axis_3_loaded_by_keras3_folds(tmp_path):
+    tf_keras = pytest.importorskip("tf_keras")
+    layers = tf_keras.layers
+    tf_keras.utils.set_random_seed(0)
+    model = tf_keras.Sequential([layers.Conv2D(8, 3, use_bias=False, input_shape=(10, 10, 3)), layers.BatchNormalization(axis=3),
+                                 layers.ReLU(), layers.GlobalAveragePooling2D(), layers.Dense(3)])
+    randomize_batch_norms(model)
+    model.save(tmp_path / "model.h5")
+    x = np.random.default_rng(0).standard_normal((4, 10, 10, 3)).astype(np.float32)
+    case = Case(kquant.freeze(tmp_path / "model.h5"), [x], [model(x, training=False).numpy()])
+    assert_ops(transformed(case, optimize_for_inference_trans), Mul=0, AddV2=0, FusedBatchNormV3=0, Conv2D=1)
