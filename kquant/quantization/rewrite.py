@@ -17,6 +17,7 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 from tensorflow.python.framework import tensor_util
 
+from kquant.errors import first_line
 from kquant.graph import (
     ancestors,
     consumers,
@@ -26,7 +27,6 @@ from kquant.graph import (
     nodes_by_name,
     tensor_name,
 )
-from kquant.errors import first_line
 from kquant.quantization import nodes as N
 from kquant.quantization.calibration import MIN_RANGE_WIDTH
 from kquant.quantization.patterns import (
