@@ -10,12 +10,14 @@ fp32 ops dequantizes inside the kernel.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 from tensorflow.python.framework import tensor_util
 
+from kquant.errors import first_line
 from kquant.graph import (
     ancestors,
     consumers,
@@ -100,27 +102,43 @@ class _Rewriter:
             if unit.summand:
                 self.readers.setdefault(unit.summand, []).append(None)  # None: read as a summand
         read_as_int8 = tensors_read_as_int8(units)
+        for unit in units:
+            if unit.pad:  # the int8 op pads: it sees the conv as if the Pad were its explicit padding
+                paddings = self.nodes[node_name(self.nodes[unit.pad].input[1])]
+                self.nodes[unit.anchor] = _with_explicit_padding(self.nodes[unit.anchor], paddings)
         replaced = set()
         for unit in sorted(units, key=lambda u: order[u.output]):  # a summand's producer comes first
             if unit.summand and not self._sum_supported(unit):
                 unit = unit.without_sum()
             if not self._supported(unit):
                 continue
+            new_nodes, entries = len(self.new_nodes), dict(self.entries)
+            try:
+                self._emit(unit, read_as_int8)
+            except Exception as exc:  # a form the rewrite cannot express: the unit stays fp32, the rest still int8
+                del self.new_nodes[new_nodes:]
+                self.entries = entries
+                self.quantized.pop(unit.output_tensor, None)
+                warnings.warn(f"the int8 rewrite kept {unit.anchor} ({self.nodes[unit.anchor].op}) in fp32: it could not "
+                              f"express it in int8 ({type(exc).__name__}: {first_line(exc)})", stacklevel=3)
+                continue
             self.emitted.append(unit)
             replaced.update(unit.nodes)
-            in_kernel_dequantize = self.options.kernels == "onednn" or not unit.activation  # no public Relu+Dequantize op
-            if unit.kind == "matmul" and unit.output_tensor not in read_as_int8 and in_kernel_dequantize:
-                self._matmul(unit, to_float=True)
-                continue
-            out = _EMITTERS[unit.kind](self, unit)
-            self.quantized[unit.output_tensor] = out
-            self.new_nodes.append(N.dequantize(unit.output, out.tensor, out.min, out.max, out.dtype, out.mode))
         result = graph_pb2.GraphDef()
         result.versions.CopyFrom(self.graph_def.versions)
         result.library.CopyFrom(self.graph_def.library)
         result.node.extend(n for n in self.graph_def.node if n.name not in replaced)
         result.node.extend(self.new_nodes)
         return _summand_readers_first(extract_sub_graph(result, outputs))
+
+    def _emit(self, unit: Unit, read_as_int8) -> None:
+        in_kernel_dequantize = self.options.kernels == "onednn" or not unit.activation  # no public Relu+Dequantize op
+        if unit.kind == "matmul" and unit.output_tensor not in read_as_int8 and in_kernel_dequantize:
+            self._matmul(unit, to_float=True)
+            return
+        out = _EMITTERS[unit.kind](self, unit)
+        self.quantized[unit.output_tensor] = out
+        self.new_nodes.append(N.dequantize(unit.output, out.tensor, out.min, out.max, out.dtype, out.mode))
 
     def _supported(self, unit: Unit) -> bool:
         """Whether the chosen kernels can run ``unit``; the public ops need an unsigned input (and convs a plain padding)."""
@@ -473,6 +491,15 @@ def _strided_filter(scope: str, q_weights: np.ndarray, conv_attrs: dict) -> list
     return [N.const(f"{scope}/filter_1x1", q_weights, tf.qint8), N.const(f"{scope}/filter_pads", pads),
             N.make_node("Pad", f"{scope}/filter", [f"{scope}/filter_1x1", f"{scope}/filter_pads"], T=tf.qint8,
                         Tpaddings=tf.int32)]
+
+
+def _with_explicit_padding(conv, paddings):
+    """A copy of the VALID ``conv`` with the Const ``paddings`` (4 x 2, of a Pad before it) as padding="EXPLICIT"."""
+    padded = type(conv)()
+    padded.CopyFrom(conv)
+    padded.attr["padding"].s = b"EXPLICIT"
+    padded.attr["explicit_paddings"].list.i[:] = [int(v) for v in _const_value(paddings).reshape(-1)]
+    return padded
 
 
 def _const_value(node) -> np.ndarray:

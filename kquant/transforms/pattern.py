@@ -2,7 +2,8 @@
 
 A pattern is a nested literal, e.g. ``P("Mul", P("Conv2D", P("*", "x"), P("Const", "w")), P("Const", "scale"))``.
 ``replace_matching`` tries the patterns at every node, outputs first, and hands each match to a rewrite
-function that returns the replacement nodes (or None to leave the match alone). The helper keeps the
+function that returns the replacement nodes (or None to leave the match alone); a rewrite that fails on a
+match leaves it alone too, with one warning naming the transform and the node (degrade, don't fail). The helper keeps the
 graph consistent: the replacement keeps the root's name, a match whose inner nodes are read outside it
 (through data or control edges) is left unchanged, control inputs of removed nodes move to the root,
 and nodes left unused by the rewrite are pruned.
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import warnings
 from typing import Callable
 
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.python.framework import op_def_registry
 
+from kquant.errors import first_line
 from kquant.graph import is_control_input, node_name, output_index
 
 
@@ -109,24 +112,33 @@ class GraphIndex:
 Rewrite = Callable[[Match, GraphIndex], "list[node_def_pb2.NodeDef] | None"]
 
 
-def replace_matching(graph_def: graph_pb2.GraphDef, patterns, rewrite: Rewrite, *, protected=()) -> graph_pb2.GraphDef:
+def replace_matching(graph_def: graph_pb2.GraphDef, patterns, rewrite: Rewrite, *, protected=(),
+                     transform: str = "a transform") -> graph_pb2.GraphDef:
     """Replace each match of any of ``patterns`` with what ``rewrite`` returns; returns a new GraphDef.
 
     ``protected`` names nodes (the graph's inputs and outputs) that must stay: they may be the root of a
     match, never an inner node, and are never pruned. The rewrite must return a node named like the root.
+    If it raises, the match stays as it was and ``transform`` is named in the warning.
     """
     index = GraphIndex(graph_def)
     protected = {node_name(name) for name in protected}
     removed: set[str] = set()  # inner nodes of replaced matches
     replacements: dict[str, list[node_def_pb2.NodeDef]] = {}
+    kept: set[str] = set()  # nodes of matches the rewrite failed on: not tried again, so one warning per subgraph
     for node in reversed(index.topological_order()):
-        if node.name in removed or node.name in replacements:
+        if node.name in removed or node.name in replacements or node.name in kept:
             continue
         for pattern in patterns:
             match = match_at(pattern, node, index)
             if match is None or not _replaceable(match, index, protected, removed, replacements):
                 continue
-            new_nodes = rewrite(match, index)
+            try:
+                new_nodes = rewrite(match, index)
+            except Exception as exc:  # a form the rewrite did not foresee: keep it, the rest of the graph still folds
+                warnings.warn(f"{transform} left {node.name} ({node.op}) as it was: it could not rewrite it "
+                              f"({type(exc).__name__}: {first_line(exc)})", stacklevel=2)
+                kept.update(inner.name for inner in match.matched)
+                break
             if new_nodes is None:
                 continue
             _check_root(match, new_nodes)

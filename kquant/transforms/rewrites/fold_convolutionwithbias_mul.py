@@ -16,7 +16,7 @@ PATTERN = P("Mul", "mul", BIASED_CONV, P("Const", "scale"), commutative=True)
 
 @register("fold_convolutionwithbias_mul")
 def fold_convolutionwithbias_mul(graph_def, context):
-    return replace_matching(graph_def, [PATTERN], _fold, protected=context.protected)
+    return replace_matching(graph_def, [PATTERN], _fold, protected=context.protected, transform=context.name)
 
 
 def _fold(match, index):

@@ -24,7 +24,7 @@ PATTERN = P("Reshape", "reshape", P("*", "x"), P("Pack", "pack"))
 def fold_static_shapes(graph_def, context):
     shapes = StaticShapes(graph_def)
     return replace_matching(graph_def, [PATTERN], lambda match, index: _fold(match, index, shapes),
-                            protected=context.protected)
+                            protected=context.protected, transform=context.name)
 
 
 def _fold(match, index, shapes):

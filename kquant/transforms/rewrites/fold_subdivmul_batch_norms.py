@@ -39,8 +39,8 @@ FRONT = tuple(P(CONV_OPS, "conv", _chain(ops, P("*", "x")), P("Const", "weights"
 @register("fold_subdivmul_batch_norms")
 def fold_subdivmul_batch_norms(graph_def, context):
     protected = context.protected
-    graph_def = replace_matching(graph_def, AFTER, _fold_after, protected=protected)
-    return replace_matching(graph_def, FRONT, _fold_front, protected=protected)
+    graph_def = replace_matching(graph_def, AFTER, _fold_after, protected=protected, transform=context.name)
+    return replace_matching(graph_def, FRONT, _fold_front, protected=protected, transform=context.name)
 
 
 def _affine(match, channels: int, fmt: str, rank: int, scale: np.ndarray, shift: np.ndarray):
