@@ -39,9 +39,12 @@ def preflight(graph_def, inputs, outputs, arrays, what: str = "the graph") -> No
         return
     with tempfile.TemporaryDirectory(prefix="kquant-preflight-") as tmp:
         tmp = Path(tmp)
-        (tmp / "graph.pb").write_bytes(graph_def.SerializeToString())
-        np.savez(tmp / "inputs.npz", *[np.asarray(a) for a in arrays])
-        (tmp / "names.json").write_text(json.dumps({"inputs": list(inputs), "outputs": list(outputs)}))
+        try:
+            (tmp / "graph.pb").write_bytes(graph_def.SerializeToString())
+            np.savez(tmp / "inputs.npz", *[np.asarray(a) for a in arrays])
+            (tmp / "names.json").write_text(json.dumps({"inputs": list(inputs), "outputs": list(outputs)}))
+        except OSError:  # no room for the child's copy (a full /tmp): run without the pre-flight, as before it
+            return
         returncode, stderr = _Child.run(tmp)
     if returncode is None or returncode >= 0:
         return
