@@ -19,7 +19,7 @@ from kquant.data import iter_batches
 from kquant.errors import ConfigurationError
 from kquant.graph import (FrozenGraph, atomic_write, check_nodes_exist, load_graph_def, serialize_graph_def,
                           without_default_attrs)
-from kquant.runtime import GraphRunner, ensure_onednn, session_config
+from kquant.runtime import GraphRunner, ensure_onednn, joined_chunks, session_config
 
 WARMUP_RUNS = 5
 ROUNDS = 5
@@ -194,7 +194,7 @@ def benchmark(model, int8=None, *, batches=(1, 32), runs=100, data=None, labels=
                 calls = {name: functools.partial(run, *arrays) for name, run in runners.items()}
                 for name, seconds in time_interleaved(calls, runs, bar=bar).items():
                     timings[name][batch] = summarize_times(batch, seconds)
-            passes = {name: _predict(run, eval_batches, bar) for name, run in runners.items()} if eval_batches else {}
+            passes = {name: _predict(run, eval_batches, bar, graphs[name].output_names[0]) for name, run in runners.items()} if eval_batches else {}
     finally:
         for run in runners.values():
             run.close()
@@ -297,15 +297,16 @@ def _rows(column: np.ndarray, count: int) -> np.ndarray:
     return np.concatenate([column] * -(-count // len(column)))[:count]
 
 
-def _predict(run, batches, bar) -> tuple[np.ndarray, float]:
-    """(the first output over all ``batches``, the seconds the run calls took)."""
+def _predict(run, batches, bar, output: str) -> tuple[np.ndarray, float]:
+    """(the first output over all ``batches``, never glued when it does not follow the batch; the seconds the run
+    calls took)."""
     chunks, seconds = [], 0.0
     for batch in batches:
         start = time.perf_counter()
         chunks.append(run(*batch)[0])
         seconds += time.perf_counter() - start
         bar.update(1)
-    return np.concatenate(chunks), seconds
+    return joined_chunks(chunks, [len(batch[0]) for batch in batches], output, len(batches[0][0])), seconds
 
 
 def _score(variants, outputs, records, labels, reference) -> None:

@@ -97,26 +97,27 @@ class Predictor:
         for batch in iter_batches(x, self.graph.inputs, size, role="prediction input"):
             chunks.append(self._runner(*batch))
             rows.append(len(batch[0]) if batch and np.ndim(batch[0]) else None)
-        results = [self._joined([c[i] for c in chunks], rows, spec, size) for i, spec in enumerate(self.graph.outputs)]
+        results = [joined_chunks([c[i] for c in chunks], rows, spec.name, size) for i, spec in enumerate(self.graph.outputs)]
         return results[0] if len(results) == 1 else results
-
-    @staticmethod
-    def _joined(parts, rows, spec, size):
-        """One output's chunks glued along the batch; an output that does not follow the batch (a scalar, a mean
-        over axis 0) cannot be glued, so it is returned as is for one chunk and refused for several."""
-        if len(parts) == 1:
-            return parts[0]
-        if any(np.ndim(part) == 0 or len(part) != count for part, count in zip(parts, rows)):
-            raise ModelInputError(
-                f"output {spec.name} has shape {np.shape(parts[0])} for a batch of {rows[0]} rows: it does not follow the "
-                f"batch (it is computed across the rows, e.g. a mean over axis 0), so the {sum(r or 0 for r in rows)} "
-                f"rows cannot be run in chunks of {size}; pass them in one call with batch_size={sum(r or 0 for r in rows)}")
-        return np.concatenate(parts)
 
     def close(self) -> None:
         if self._runner is not None:
             self._runner.close()
             self._runner = None
+
+
+def joined_chunks(parts, rows, output: str, size: int) -> np.ndarray:
+    """One output's chunks glued along the batch; an output that does not follow the batch (a scalar, a mean over
+    axis 0) cannot be glued, so it is returned as is for one chunk and refused for several."""
+    if len(parts) == 1:
+        return parts[0]
+    if any(np.ndim(part) == 0 or len(part) != count for part, count in zip(parts, rows)):
+        total = sum(r or 0 for r in rows)
+        raise ModelInputError(
+            f"output {output} has shape {np.shape(parts[0])} for a batch of {rows[0]} rows: it does not follow the "
+            f"batch (it is computed across the rows, e.g. a mean over axis 0), so the {total} rows cannot be run in "
+            f"chunks of {size}; pass them in one call with batch_size={total}")
+    return np.concatenate(parts)
 
 
 def _copy(graph_def):

@@ -568,6 +568,8 @@ def test_batch_independent_outputs_are_never_glued_across_chunks(output):
     assert np.shape(whole) == np.shape(BATCH_INDEPENDENT_OUTPUTS[output](tf.constant(x)))
     with pytest.raises(ModelInputError, match="does not follow the batch .* pass them in one call with batch_size=300"):
         qmodel.predict(x, batch_size=128)
+    with pytest.raises(ModelInputError, match="does not follow the batch"):  # the benchmark's pass over the data too
+        kquant.benchmark(model.get_concrete_function(), qmodel, batches=(32,), runs=1, data=x, progress=False)
 
 
 def test_stateful_layer_is_a_clear_error():
