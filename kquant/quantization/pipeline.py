@@ -57,18 +57,18 @@ FUNCTION_CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 
 
 def inline_function_calls(frozen: FrozenGraph) -> FrozenGraph:
-    """``frozen`` with the calls into its function library inlined (the stock inline_partitionedcall), so that
-    the convolutions inside are seen and quantized; a call that stays is an error naming it."""
+    """``frozen`` with the calls into its function library inlined (Keras 3's depthwise-grouped convolutions by
+    inline_conv_calls, the rest by the stock inline_partitionedcall), so that the convolutions inside are seen and
+    quantized; a call that stays runs fp32, with one warning naming it."""
     from kquant.transforms import apply_transforms
 
     if not any(node.op in FUNCTION_CALL_OPS for node in frozen.graph_def.node):
         return frozen
-    inlined = apply_transforms(frozen, ["inline_partitionedcall"])
+    inlined = apply_transforms(frozen, ["inline_conv_calls", "inline_partitionedcall"])
     left = [node.name for node in inlined.graph_def.node if node.op in FUNCTION_CALL_OPS]
     if left:
-        raise QuantizationError(f"the graph calls functions of its library ({', '.join(left[:3])}) that could not be "
-                                "inlined, so their ops cannot be quantized; freeze the model from Keras or a SavedModel "
-                                "(kquant.freeze inlines them) and quantize that")
+        warnings.warn(f"{len(left)} call(s) into the graph's function library could not be inlined and run fp32 "
+                      f"({', '.join(left[:3])}{', ...' if len(left) > 3 else ''})", stacklevel=3)
     return inlined
 
 

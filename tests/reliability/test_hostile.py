@@ -655,3 +655,23 @@ def test_every_hostile_error_is_a_kquant_error():
     for error in (DataError, CalibrationDataError, UnsafeModelError, ConfigurationError, OutputWriteError):
         assert issubclass(error, KQuantError)
     assert issubclass(UnsafeModelError, ModelFormatError) and issubclass(CalibrationDataError, DataError)
+
+
+def test_a_call_that_stays_runs_fp32_with_a_warning_naming_it():
+    """Keras 3 runs a grouped Conv2D (groups=2, not depthwise) as an XLA function call that nothing inlines:
+    the call stays fp32, named in one warning, and the convolutions around it still quantize."""
+    import keras
+
+    inputs = keras.Input((8, 8, 4))
+    y = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    y = keras.layers.Conv2D(8, 3, padding="same", groups=2, name="grouped")(y)
+    y = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(y)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(y))
+    x = np.random.default_rng(2).random((16, 8, 8, 4), dtype=np.float32)
+    with within(), pytest.warns(UserWarning, match=r"1 call\(s\) into the graph's function library could not be inlined .*grouped"):
+        qmodel = kquant.quantize(model, x, stem="int8", progress=False)
+    counts = qmodel.op_counts()
+    assert counts.get("StatefulPartitionedCall", 0) + counts.get("PartitionedCall", 0) == 1
+    assert counts.get("_FusedQuantizedConv2D") == 2
+    reference = model.predict(x, verbose=0)
+    assert np.abs(qmodel.predict(x) - reference).max() < 0.05 * np.abs(reference).max()
