@@ -63,6 +63,28 @@ FP32_BOUND = 1e-4
 CALIBRATION_IMAGES = 8
 EVAL_IMAGES = 8
 BATCHES = (1, 32)
+# why an op left in the int8 graph runs fp32: TF's oneDNN int8 kernels are convolutions and matmuls (fusing a
+# bias, Relu and a residual sum; matmuls also Sigmoid/Tanh/Elu/LeakyRelu/GELU), pools, concat and reshape only
+FP32_WHY = {
+    "Sigmoid": "swish / squeeze-and-excitation gate after a conv (int8 convs fuse only Relu)",
+    "Mul": "swish, hard-swish, SE scaling, LayerNorm, GELU or layer scale (no int8 elementwise kernel)",
+    "RealDiv": "hard-swish / hard-sigmoid's /6", "Relu6": "hard-swish / hard-sigmoid's relu6(x + 3)",
+    "AddV2": "residual sums a conv cannot fuse, hard-swish's +3, LayerNorm",
+    "Add": "residual sums a conv cannot fuse", "Sub": "LayerNorm / input normalization",
+    "Mean": "global average pooling, SE squeeze, LayerNorm (no int8 reduction)",
+    "SquaredDifference": "LayerNorm variance", "Rsqrt": "LayerNorm", "StopGradient": "LayerNorm (Keras 3)",
+    "Erfc": "GELU after a LayerNorm-free op (only a MatMul fuses GELU)", "Neg": "GELU",
+    "Relu": "a ReLU not after a conv (pre-activation: after a concat, an Add or a batch norm)",
+    "FusedBatchNormV3": "pre-activation batch norm with no conv before it to fold into",
+    "ConcatV2": "concat of signed or fp32 branches (QuantizedConcat takes unsigned int8 only)",
+    "MaxPool": "pool reading an fp32 tensor", "AvgPool": "pool reading an fp32 tensor",
+    "Pad": "explicit padding kept before a pool or a public op",
+    "PartitionedCall": "a function call kquant does not inline (a grouped convolution)",
+    "StatefulPartitionedCall": "a function call kquant does not inline (a grouped convolution)",
+    "Conv2D": "the image stem (stem='fp32')", "BiasAdd": "the image stem's bias", "Relu6 / Relu": "also the stem's",
+    "Reshape": "shape plumbing", "Shape": "shape plumbing", "GatherV2": "shape plumbing", "IdentityN": "plumbing",
+    "StridedSlice": "NASNet's cropping", "NoOp": "freeze leftover",
+}
 WEIGHTED = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMulV2", "Einsum", "_FusedConv2D",
             "_FusedDepthwiseConv2dNative", "_FusedMatMul")
 
@@ -90,7 +112,7 @@ def measure(arch: str, keras_version: str, side: int, runs: int) -> dict:
     from kquant.quantization.simulation import simulated_graph_def
     from kquant.runtime import GraphRunner
 
-    row = {"arch": arch, "keras": keras_version, "size": side}
+    row = {"arch": arch, "keras": keras_version, "size": side, "runs": runs}
     start = time.perf_counter()
     model, preprocess = build_model(arch, keras_version, side)
     rng = np.random.default_rng(0)
@@ -258,14 +280,23 @@ def report(out: Path, command: str) -> str:
             f"{_num(r['ratio'])} | {_num(r['relative_rms'], '.3f')} | {r['fp32_ms_b1'] / r['int8_ms_b1']:.2f}× | "
             f"{r['fp32_ms_b32'] / r['int8_ms_b32']:.2f}× | {r['quantize_s']:.0f} | "
             f"{fp32_status}{'ok' if r['int8_finite'] else 'int8 output not finite'} |")
-    lines += ["", "## What stays fp32, per architecture", ""]
+    done = {(r["arch"], r["keras"]) for r in rows}
+    missing = [f"{a} (Keras {k})" for a in ARCHITECTURES for k in KERASES if (a, k) not in done]
+    if missing:
+        lines += ["", f"Not run yet ({len(missing)}): {', '.join(missing)}."]
+    lines += ["", "## What stays fp32, per architecture", "",
+              "TF's oneDNN int8 kernels are convolutions and matmuls (fusing a bias, Relu and a residual sum; matmuls "
+              "also Sigmoid, Tanh, Elu, LeakyRelu and GELU), pools, concat and reshape: every other op runs fp32 "
+              "between a Dequantize and a QuantizeV2. The ops left fp32 in each int8 graph (the Keras 3 row where it "
+              "ran, else tf_keras), then what they are:", ""]
     for arch in dict.fromkeys(r["arch"] for r in ok):
-        for r in [r for r in ok if r["arch"] == arch][:1]:
-            reasons = collections.Counter(f"{w['op']}: {w['why']}" for w in r["fp32_weighted_left"])
-            compute = {op: n for op, n in r["fp32_ops"].items() if op not in ("Pad", "Shape", "Reshape", "Squeeze")}
-            left = "; ".join(f"{n} {why}" for why, n in reasons.items()) or "none"
-            ops = ", ".join(f"{n} {op}" for op, n in sorted(compute.items(), key=lambda kv: -kv[1]))
-            lines.append(f"- **{arch}** (Keras {r['keras']}): fp32 convolutions/matmuls: {left}. fp32 ops: {ops}.")
+        r = sorted((r for r in ok if r["arch"] == arch), key=lambda r: r["keras"] != "3")[0]
+        reasons = collections.Counter(f"{w['op']} ({w['why']})" for w in r["fp32_weighted_left"])
+        left = ", ".join(f"{n} {why}" for why, n in reasons.items()) or "none"
+        ops = ", ".join(f"{n} {op}" for op, n in sorted(r["fp32_ops"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"- **{arch}** (Keras {r['keras']}): convolutions/matmuls: {left}; other ops: {ops}.")
+    lines += ["", "| fp32 op | where it comes from |", "|---|---|"]
+    lines += [f"| {op} | {why} |" for op, why in FP32_WHY.items()]
     return "\n".join(lines) + "\n"
 
 
