@@ -47,14 +47,12 @@ def test_keras_application_quantizes_close_to_exact_8bit(arch, keras_module):
         rng.uniform(0, 255, (12, side, side, 3)).astype(np.float32)), np.float32)
     calibration, evaluation = x[:8], x[8:]
 
-    fp32 = pipeline.optimize(kquant.freeze(model))
+    qmodel = kquant.quantize(model, calibration, batch_size=8, progress=False)
+    result, fp32 = qmodel.result, qmodel.result.fp32  # the optimized fp32 graph it was built from
     with GraphRunner(fp32.graph_def, fp32.input_names, fp32.output_names) as run:
         optimized = run(evaluation)[0]
     ref = model.predict(evaluation, verbose=0)
     assert np.abs(optimized - ref).max() <= FP32_BOUND * np.abs(ref).max()
-
-    qmodel = kquant.quantize(model, calibration, batch_size=8, progress=False)
-    result = qmodel.result
     assert sum(u.kind in ("conv", "matmul") for u in result.units) >= 10
     got = qmodel.predict(evaluation)
     assert np.isfinite(got).all() and np.array_equal(got, qmodel.predict(evaluation))
