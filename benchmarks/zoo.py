@@ -73,12 +73,12 @@ FP32_WHY = {
     "Add": "residual sums a conv cannot fuse", "Sub": "LayerNorm / input normalization",
     "Mean": "global average pooling, SE squeeze, LayerNorm (no int8 reduction)",
     "SquaredDifference": "LayerNorm variance", "Rsqrt": "LayerNorm", "StopGradient": "LayerNorm (Keras 3)",
-    "Erfc": "GELU after a LayerNorm-free op (only a MatMul fuses GELU)", "Neg": "GELU",
+    "Erfc": "a GELU no MatMul fuses", "Neg": "LayerNorm's mean subtraction, or a GELU no MatMul fuses",
     "Relu": "a ReLU not after a conv (pre-activation: after a concat, an Add or a batch norm)",
     "FusedBatchNormV3": "pre-activation batch norm with no conv before it to fold into",
     "ConcatV2": "concat of signed or fp32 branches (QuantizedConcat takes unsigned int8 only)",
     "MaxPool": "pool reading an fp32 tensor", "AvgPool": "pool reading an fp32 tensor",
-    "Pad": "explicit padding kept before a pool or a public op",
+    "Pad": "explicit padding a pool or the fp32 stem reads (ZeroPadding2D)",
     "PartitionedCall": "a function call kquant does not inline (a grouped convolution)",
     "StatefulPartitionedCall": "a function call kquant does not inline (a grouped convolution)",
     "Conv2D": "the image stem (stem='fp32')", "BiasAdd": "the image stem's bias", "Relu6 / Relu": "also the stem's",
@@ -253,7 +253,9 @@ def report(out: Path, command: str) -> str:
     lines = [
         "# kquant on every keras.applications architecture",
         "",
-        f"Measured {datetime.date.today()} on {flags}, with `{command}`.",
+        f"Measured {datetime.date.today()} on {flags}, TensorFlow's 2 threads, on a machine shared with other jobs "
+        "(speed-ups move between runs). Rows: `nice python benchmarks/zoo.py --runs 10` (one process per row; the "
+        f"big models timed with 2 runs); table: `{command}`.",
         "Random weights (weights=None), the smallest input each architecture accepts, logits out; calibrated on "
         f"{CALIBRATION_IMAGES} preprocessed random images, errors on {EVAL_IMAGES} others. "
         f"{len(ok)} of {len(rows)} rows measured quantize and run.",
