@@ -39,6 +39,7 @@ class Unit:
     summand: str = ""    # conv only: the tensor a residual Add adds (before the ReLU, if any), fused as oneDNN's sum
     pre_sum: str = ""    # with a summand: the node holding conv + bias, before the Add
     more_inputs: tuple = ()  # ConcatV2 only: the tensors it joins after data_input
+    pad: str = ""        # depthwise conv only: the zero Pad before it, which its int8 op does as explicit padding
 
     @property
     def data_inputs(self) -> tuple:
@@ -108,7 +109,28 @@ def _input_channels(weights) -> int:
 
 
 def _conv_unit(node, nodes, readers, produced):
-    return _weighted_unit("conv", node, nodes, readers, bias_ops=("BiasAdd", "Add", "AddV2"), residual=True)
+    unit = _weighted_unit("conv", node, nodes, readers, bias_ops=("BiasAdd", "Add", "AddV2"), residual=True)
+    pad = _zero_spatial_pad(node, nodes, readers) if unit is not None and node.op == "DepthwiseConv2dNative" else None
+    if pad is None:
+        return unit
+    return dataclasses.replace(unit, nodes=(unit.anchor, pad.name, *unit.nodes[1:]), data_input=_tensor(pad.input[0]),
+                               pad=pad.name)
+
+
+def _zero_spatial_pad(conv, nodes, readers):
+    """The Pad that only ``conv`` (VALID, NHWC) reads, if it pads the height and width with zeros: the public
+    DepthwiseConv2dNative keeps it (see mkl_fuse_pad_and_conv), the int8 op takes it as explicit padding."""
+    pad = nodes.get(node_name(conv.input[0]))
+    if pad is None or pad.op != "Pad" or _only_reader(pad, readers) is not conv or conv.attr["padding"].s != b"VALID" \
+            or conv.attr["data_format"].s not in (b"", b"NHWC") or is_control_input(pad.input[1]):
+        return None
+    paddings = nodes.get(node_name(pad.input[1]))
+    if paddings is None or paddings.op != "Const":
+        return None
+    value = tensor_util.MakeNdarray(paddings.attr["value"].tensor)
+    if value.shape != (4, 2) or (value < 0).any() or value[0].any() or value[3].any():
+        return None
+    return pad
 
 
 def _matmul_unit(node, nodes, readers, produced):

@@ -13,6 +13,7 @@ import warnings
 from kquant.data import DEFAULT_BATCH_SIZE, iter_batches
 from kquant.errors import ConfigurationError, QuantizationError
 from kquant.graph import FrozenGraph
+from kquant.preflight import preflight
 from kquant.quantization.bf16 import units_to_bf16
 from kquant.quantization.calibrate import collect_ranges
 from kquant.quantization.cpu import has_vnni
@@ -150,6 +151,8 @@ def quantize_frozen(frozen: FrozenGraph, data, *, per_channel=True, calibration=
         graph, emitted[method, tuple(fell_back)] = build(
             fp32, ranges_for(method), options, excluded_ops=excluded_ops, excluded_nodes=kept_fp32,
             fell_back=fell_back, fallback=fallback)
+        if len(emitted) == 1 and sample:  # the first int8 graph runs in a child before anyone runs it here
+            preflight(graph.graph_def, graph.input_names, graph.output_names, sample[0], "the int8 graph")
         return graph
 
     chosen, fell_back, trials = calibration, (), []

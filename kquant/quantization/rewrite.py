@@ -100,6 +100,10 @@ class _Rewriter:
             if unit.summand:
                 self.readers.setdefault(unit.summand, []).append(None)  # None: read as a summand
         read_as_int8 = tensors_read_as_int8(units)
+        for unit in units:
+            if unit.pad:  # the int8 op pads: it sees the conv as if the Pad were its explicit padding
+                paddings = self.nodes[node_name(self.nodes[unit.pad].input[1])]
+                self.nodes[unit.anchor] = _with_explicit_padding(self.nodes[unit.anchor], paddings)
         replaced = set()
         for unit in sorted(units, key=lambda u: order[u.output]):  # a summand's producer comes first
             if unit.summand and not self._sum_supported(unit):
@@ -473,6 +477,15 @@ def _strided_filter(scope: str, q_weights: np.ndarray, conv_attrs: dict) -> list
     return [N.const(f"{scope}/filter_1x1", q_weights, tf.qint8), N.const(f"{scope}/filter_pads", pads),
             N.make_node("Pad", f"{scope}/filter", [f"{scope}/filter_1x1", f"{scope}/filter_pads"], T=tf.qint8,
                         Tpaddings=tf.int32)]
+
+
+def _with_explicit_padding(conv, paddings):
+    """A copy of the VALID ``conv`` with the Const ``paddings`` (4 x 2, of a Pad before it) as padding="EXPLICIT"."""
+    padded = type(conv)()
+    padded.CopyFrom(conv)
+    padded.attr["padding"].s = b"EXPLICIT"
+    padded.attr["explicit_paddings"].list.i[:] = [int(v) for v in _const_value(paddings).reshape(-1)]
+    return padded
 
 
 def _const_value(node) -> np.ndarray:

@@ -62,6 +62,7 @@ optimize_for_inference_trans = [
     "fold_space_to_batch_convs",
     "fold_conv1d_squeezes",
     "fold_tensordot_matmuls",
+    "fold_keras_batch_norms",
     "fold_batch_norms",
     "fold_old_batch_norms",
     "fold_subdivmul_batch_norms",

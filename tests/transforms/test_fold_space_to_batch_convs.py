@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 import kquant
+from kquant.transforms.folding import const_value
 from kquant.transforms import optimize_for_inference_trans
 from tests.quantization.test_random_architectures import assert_tracks_exact_8bit
 
@@ -30,6 +31,7 @@ def conv_attrs(graph, op="Conv2D"):
 ], ids=["same", "same_rates_3_2", "valid"])
 @pytest.mark.parametrize("op", ["Conv2D", "DepthwiseConv2dNative"])
 def test_dilated_conv_becomes_one_conv(op, padding, rate, expected):
+    """A depthwise conv takes its padding as a Pad before it: TensorFlow can abort on a public one with padding="EXPLICIT"."""
     rates = (rate, rate) if isinstance(rate, int) else rate
     if op == "Conv2D":
         case = case_from_function(lambda x: tf.nn.convolution(x, constant(3, 3, 4, 6), padding=padding, dilations=rates), (15, 13, 4))
@@ -39,6 +41,11 @@ def test_dilated_conv_becomes_one_conv(op, padding, rate, expected):
     assert count_ops(case.frozen)["SpaceToBatchND"] == 1
     result = transformed(case, "fold_space_to_batch_convs")
     assert_ops(result, SpaceToBatchND=0, BatchToSpaceND=0, **{op: 1})
+    if op == "DepthwiseConv2dNative" and expected[0] == "EXPLICIT":
+        pads = [const_value(n) for n in result.graph_def.node if n.op == "Const" and n.name.endswith("/paddings")]
+        assert [p.reshape(-1).tolist() for p in pads] == [expected[1]]
+        assert_ops(result, Pad=1)
+        expected = ("VALID", [])
     assert conv_attrs(result, op) == [([1, *rates, 1], *expected)]
 
 

@@ -3,7 +3,10 @@
 Keras 3 freezes BatchNormalization to x*mul + (beta - mean*mul); after fold_constants that is a Mul and
 an Add by constants. tf_keras emits FusedBatchNormV3. Either, after Conv2D, DepthwiseConv2dNative or
 MatMul (with or without its BiasAdd), becomes conv(x, W') -> BiasAdd. A lone constant Add after a conv
-(the stock fold_batch_norms leaves one when it folds the Mul) becomes its BiasAdd. Prerequisites:
+(the stock fold_batch_norms leaves one when it folds the Mul) becomes its BiasAdd, and a lone constant Mul
+its weights. The constants may have any shape that broadcasts along the channels only: Keras 3's
+BatchNormalization(axis=3) gives [1, 1, 1, C], which the stock fold_batch_norms rejects, so kquant's
+list runs this transform before it. Prerequisites:
 fold_constants, and the weights as plain Const nodes (remove_freeze_leftovers or remove_nodes(op=Identity)).
 """
 
@@ -26,6 +29,8 @@ def _patterns():
         yield P(FUSED_BATCH_NORMS, "norm", base, P("Const", "gamma"), P("Const", "beta"), P("Const", "mean"), P("Const", "variance"))
         # conv [-> BiasAdd(bias)] -> Add(shift): what the stock fold_batch_norms leaves
         yield P("Add|AddV2", "add", base, P("Const", "shift"), commutative=True)
+        # conv [-> BiasAdd(bias)] -> Mul(scale)
+        yield P("Mul", "mul", base, P("Const", "scale"), commutative=True)
     # conv -> BiasAdd(bias) -> BiasAdd(shift)
     yield P("BiasAdd", "add", BIASED_CONV, P("Const", "shift"))
 
@@ -46,7 +51,8 @@ def _fold(match, index):
         affine = _batch_norm_affine(match, channels, fmt)
     else:
         scale = channel_vector(const_value(match["scale"]), channels, fmt, rank) if "scale" in match.nodes else np.ones(channels)
-        shift = channel_vector(const_value(match["shift"]), channels, fmt, rank)
+        shift = (channel_vector(const_value(match["shift"]), channels, fmt, rank) if "shift" in match.nodes
+                 else np.zeros(channels))
         affine = None if scale is None or shift is None else (scale, shift)
     if affine is None:
         return None

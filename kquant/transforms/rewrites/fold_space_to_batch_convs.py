@@ -7,15 +7,16 @@ convolution with ``dilations`` = the rates and explicit padding = the paddings l
 oneDNN runs in one kernel, and which can carry the conv's bias, activation and int8 form. The 1-D form
 (SpaceToBatchND -> ExpandDims -> Conv2D -> Squeeze -> BatchToSpaceND) becomes ExpandDims -> dilated Conv2D
 -> Squeeze. The conv is a Conv2D or a DepthwiseConv2dNative. Only constant block shapes, paddings and crops are folded, and only where the padding left
-after the crops is not negative (as TensorFlow builds them).
+after the crops is not negative (as TensorFlow builds them). A DepthwiseConv2dNative takes its padding as a Pad before it, not
+as padding="EXPLICIT", which TensorFlow's shape function for it can abort on (see mkl_fuse_pad_and_conv).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from tensorflow.core.framework import graph_pb2
+from tensorflow.core.framework import graph_pb2, node_def_pb2
 
-from kquant.graph import is_control_input, node_name, output_index
+from kquant.graph import const_node, is_control_input, node_name, output_index
 from kquant.transforms.folding import const_value, data_format
 from kquant.transforms.pattern import GraphIndex, prune_unused
 from kquant.transforms.registry import register
@@ -29,7 +30,7 @@ def fold_space_to_batch_convs(graph_def, context):
     result = graph_pb2.GraphDef()
     result.CopyFrom(graph_def)
     index = GraphIndex(result)
-    folded = []
+    folded, pad_nodes = [], []
     for batch_to_space in result.node:
         chain = _chain(batch_to_space, index, protected)
         if chain is None:
@@ -45,6 +46,9 @@ def fold_space_to_batch_convs(graph_def, context):
             dilations[axis], explicit[2 * axis], explicit[2 * axis + 1] = rate, int(before), int(after)
         first.input[0] = space_to_batch.input[0]
         conv.attr["dilations"].list.i[:] = dilations
+        if conv.op == "DepthwiseConv2dNative" and any(explicit):
+            pad_nodes += _pad_before(conv, explicit, index)
+            explicit = []
         conv.attr["padding"].s = b"EXPLICIT" if any(explicit) else b"VALID"
         conv.attr["explicit_paddings"].list.i[:] = explicit if any(explicit) else []
         for reader in index.consumers(batch_to_space.name):
@@ -52,7 +56,18 @@ def fold_space_to_batch_convs(graph_def, context):
             node.input[:] = [last.name if not is_control_input(i) and node_name(i) == batch_to_space.name else i
                              for i in node.input]
         folded += [batch_to_space.name, space_to_batch.name]
+    result.node.extend(pad_nodes)
     return prune_unused(result, folded, protected) if folded else result
+
+
+def _pad_before(conv, explicit, index) -> list:
+    """A zero Pad of ``conv``'s input by ``explicit`` (one before/after pair per dimension), read by ``conv``."""
+    paddings = const_node(index.unique_name(f"{conv.name}/paddings"), np.asarray(explicit, np.int32).reshape(4, 2))
+    pad = node_def_pb2.NodeDef(name=index.unique_name(f"{conv.name}/pad"), op="Pad", input=[conv.input[0], paddings.name])
+    pad.attr["T"].CopyFrom(conv.attr["T"])
+    pad.attr["Tpaddings"].type = paddings.attr["dtype"].type
+    conv.input[0] = pad.name
+    return [paddings, pad]
 
 
 def _chain(batch_to_space, index, protected):
