@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import kquant
-from kquant.errors import TransformError
 from kquant.quantization import pipeline
 from kquant.quantization.simulation import simulated_graph_def
 from kquant.runtime import GraphRunner
@@ -26,17 +25,12 @@ ARCHITECTURES = {  # -> (the smallest input side, the module with preprocess_inp
     "NASNetMobile": (32, "nasnet"),
     "ConvNeXtTiny": (32, "convnext"),
 }
-# Keras 3's bias-less Conv2D + BatchNormalization(axis=3) stops fold_batch_norms (issue 15, Build point 1, fixed on the
-# fix-models branch): strict, so these fail as soon as the fix lands and the marks must go
-FOLD_BUG = {("DenseNet121", "keras"), ("InceptionV3", "keras"), ("EfficientNetB0", "keras")}
 FP32_BOUND = 1e-4  # the optimized fp32 graph's max |error| / max |output|
 RATIO = 2.0  # int8 RMS error against fp32 / the exact 8-bit simulation's
 
 
-@pytest.mark.parametrize("arch, keras_module", [
-    pytest.param(arch, keras, marks=[pytest.mark.xfail(raises=TransformError, strict=True, reason="issue 15 point 1")]
-                 if (arch, keras) in FOLD_BUG else [])
-    for arch in ARCHITECTURES for keras in ("keras", "tf_keras")])
+@pytest.mark.parametrize("keras_module", ["keras", "tf_keras"])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_keras_application_quantizes_close_to_exact_8bit(arch, keras_module):
     keras = pytest.importorskip(keras_module)
     side, module = ARCHITECTURES[arch]
