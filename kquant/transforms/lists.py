@@ -55,6 +55,7 @@ optimize_quantize_weights_trans = get_optimize_quantize_weights_for_shape(DEFAUL
 # freezing leftovers removed first (they block the stock folds) and the folds the stock tool cannot do.
 optimize_for_inference_trans = [
     "remove_freeze_leftovers",
+    "inline_conv_calls",
     "strip_unused_nodes",
     "remove_nodes(op=Identity, op=CheckNumerics)",
     "fold_constants(ignore_errors=true)",

@@ -173,3 +173,20 @@ def test_a_constant_broadcasting_beyond_the_split_channels_stays_after_the_resha
     nodes = {n.name: n for n in result.graph_def.node}
     add = next(n for n in result.graph_def.node if n.op == "AddV2")
     assert {nodes[i].op for i in add.input} == {"Reshape", "Const"}
+
+
+@pytest.mark.parametrize("library", ["keras", "tf_keras"])
+def test_dense_layers_on_an_image_after_a_layer_norm_fuse_their_gelu(library):
+    """ConvNeXt's block: LayerNorm -> Dense -> GELU -> Dense on [batch, height, width, channels]: the second Dense's
+    input shape is read through the GELU from the first one's (TensorFlow cannot infer it), so the GELU fuses."""
+    keras = pytest.importorskip(library)
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inputs = keras.Input((4, 4, 8), name="x")
+    x = layers.Dense(16)(layers.LayerNormalization(epsilon=1e-6)(inputs))
+    x = layers.Dense(8)(layers.Activation("gelu")(x))
+    model = keras.Model(inputs, layers.Dense(3)(layers.Flatten()(layers.Add()([inputs, x]))))
+    x = np.random.default_rng(0).normal(0.2, 1.0, (48, 4, 4, 8)).astype(np.float32)
+    counts = kquant.quantize(model, x[:32], progress=False).op_counts()
+    assert counts["_QuantizedMatMul"] == 3 and not {"Erfc", "Erf", "Shape"} & set(counts), counts
+    assert_tracks_exact_8bit(model, x)

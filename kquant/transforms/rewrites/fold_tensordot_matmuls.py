@@ -120,13 +120,24 @@ def _constant_shapes(graph_def, protected, shapes) -> list[str]:
     index = GraphIndex(graph_def)
     dropped, known = [], {}  # known: the shapes of the Reshapes given constant shapes, which TensorFlow could not infer
 
-    def shape_of(tensor):
+    def known_source(tensor, depth=0):
+        """The Reshape given a constant shape that ``tensor`` has the shape of: back through elementwise ops whose
+        computed inputs all lead to it (a bias, an activation, a GELU's two branches); else None."""
         node = index.by_name.get(node_name(tensor))
-        for _ in range(64):
-            if node is None or node.name in known or node.op not in PER_CHANNEL_OPS:
-                break
-            node = index.by_name.get(node_name(node.input[0]))
-        return known[node.name] if node is not None and node.name in known else shapes.of(tensor)
+        if node is None or depth > 64:
+            return None
+        if node.name in known:
+            return node.name
+        if node.op not in ELEMENTWISE_MATH:
+            return None
+        computed = [i for i in index.data_inputs(node) if index.by_name.get(node_name(i)) is None
+                    or index.by_name[node_name(i)].op != "Const" or const_value(index.by_name[node_name(i)]).ndim > 1]
+        sources = {known_source(i, depth + 1) for i in computed}
+        return sources.pop() if len(sources) == 1 else None
+
+    def shape_of(tensor):
+        source = known_source(tensor)
+        return known[source] if source is not None else shapes.of(tensor)
 
     for matmul in index.topological_order():
         weights = index.by_name.get(node_name(matmul.input[1])) if matmul.op == "MatMul" else None
