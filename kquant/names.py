@@ -86,6 +86,21 @@ def resolve_nodes(graph_def, names, role: str, also=None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(resolved))
 
 
+def layer_outputs(graph_def, names) -> list[str]:
+    """``names`` with each one that is no node but a Keras layer replaced by that layer's output: the one node of
+    the layer that no other node of it reads (``--outputs dense_2`` for ``functional_1/dense_2_1/Softmax``).
+    Other names are kept as they are, for the caller's own check."""
+    present = {node.name for node in graph_def.node}
+    layers = LayerNames(graph_def)
+    resolved = []
+    for name in names:
+        nodes = [] if node_name(name) in present else layers.nodes(node_name(name))
+        read_inside = {node_name(i) for node in graph_def.node if node.name in nodes for i in node.input}
+        last = [n for n in nodes if n not in read_inside]
+        resolved.append(last[0] if len(last) == 1 else name)
+    return resolved
+
+
 def check_op_types(graph_def, ops, role: str) -> None:
     """Raise ConfigurationError for an op type in ``ops`` that no node of ``graph_def`` has, naming the closest."""
     present = sorted({node.op for node in graph_def.node})

@@ -89,3 +89,18 @@ def test_sequential_input_names_are_the_same_in_every_process():
     names = {subprocess.run([sys.executable, "-c", SEQUENTIAL], capture_output=True, text=True, check=True).stdout.split()[-1]
              for _ in range(2)}
     assert names == {"['input:0']"}
+
+
+def test_a_keras_layer_name_is_an_input_and_an_output(cnn, calib, tmp_path, capfd):
+    """``--inputs image --outputs relu2`` on the frozen graph: the Placeholder of input layer ``image`` and the
+    output of layer ``relu2`` (its last node), computing what that layer computes in Keras."""
+    kquant.freeze(cnn).save(tmp_path / "m.pb")
+    frozen = kquant.freeze(tmp_path / "m.pb", outputs=["relu2"])
+    assert frozen.input_names == ["image:0"] and frozen.output_names[0].endswith("Relu:0")
+    expected = keras.Model(cnn.input, cnn.get_layer("relu2").output).predict(calib, verbose=0)
+    np.testing.assert_allclose(kquant.runtime.Predictor(frozen)(calib), expected, rtol=1e-5, atol=1e-6)
+    np.save(tmp_path / "calib.npy", calib)
+    code = main(["quantize", str(tmp_path / "m.pb"), "--calib", str(tmp_path / "calib.npy"), "--inputs", "image",
+                 "--outputs", "relu2", "-o", str(tmp_path / "q.pb"), "--no-progress"])
+    assert code == 0, capfd.readouterr().err
+    assert kquant.load_graph_def(tmp_path / "q.pb") is not None

@@ -9,6 +9,7 @@ from tensorflow.python.framework import dtypes
 from kquant.errors import ConfigurationError, first_line, ModelFormatError, ModelInputError
 from kquant.graph import (GRAPH_SUFFIXES, FrozenGraph, TensorSpec, check_nodes_exist, extract_sub_graph, node_name,
                           nodes_by_name, tensor_name)
+from kquant.names import layer_outputs
 from kquant.summarize import VARIABLE_OPS, summarize_graph
 
 
@@ -22,7 +23,8 @@ def frozen_from_graph_def(graph_def: graph_pb2.GraphDef, inputs=None, outputs=No
         )
     summary = summarize_graph(graph_def)
     input_names = [tensor_name(n) for n in inputs] if inputs else [tensor_name(i.name) for i in summary.inputs]
-    output_names = [tensor_name(n) for n in outputs] if outputs else [tensor_name(o.name) for o in summary.outputs]
+    output_names = ([tensor_name(n) for n in layer_outputs(graph_def, outputs)] if outputs
+                    else [tensor_name(o.name) for o in summary.outputs])
     check_nodes_exist(graph_def, input_names, "input")
     check_nodes_exist(graph_def, output_names, "output")
     if not output_names:
