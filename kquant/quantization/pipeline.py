@@ -57,14 +57,14 @@ FUNCTION_CALL_OPS = ("PartitionedCall", "StatefulPartitionedCall")
 
 
 def inline_function_calls(frozen: FrozenGraph) -> FrozenGraph:
-    """``frozen`` with the calls into its function library inlined (Keras 3's depthwise-grouped convolutions by
-    inline_conv_calls, the rest by the stock inline_partitionedcall), so that the convolutions inside are seen and
+    """``frozen`` with the calls into its function library inlined (depthwise-grouped convolutions, once their
+    filters are constants, by inline_conv_calls; the rest by the stock inline_partitionedcall), so that the convolutions inside are seen and
     quantized; a call that stays runs fp32, with one warning naming it."""
     from kquant.transforms import apply_transforms
 
     if not any(node.op in FUNCTION_CALL_OPS for node in frozen.graph_def.node):
         return frozen
-    inlined = apply_transforms(frozen, ["inline_conv_calls", "inline_partitionedcall"])
+    inlined = apply_transforms(frozen, ["remove_freeze_leftovers", "inline_conv_calls", "inline_partitionedcall"])
     left = [node.name for node in inlined.graph_def.node if node.op in FUNCTION_CALL_OPS]
     if left:
         warnings.warn(f"{len(left)} call(s) into the graph's function library could not be inlined and run fp32 "

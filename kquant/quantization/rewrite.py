@@ -147,6 +147,8 @@ class _Rewriter:
             unsigned = all(self.ranges[t][0] >= 0 if s is None else s.dtype == tf.quint8 and s.shift is None
                            for t, s in zip(unit.data_inputs, sources))  # an fp32 input gets a quint8 QuantizeV2
             return unsigned and any(sources) and self._concat_axis(unit) is not None
+        if unit.kind == "conv" and self._grouped(unit):
+            return False
         if unit.kind not in ("conv", "matmul"):  # pools and reshapes only continue an int8 island
             source = self.quantized.get(unit.data_input)
             return source is not None and (unit.kind != "Reshape" or source.dtype == tf.quint8)  # no qint8 QuantizedReshape
@@ -160,6 +162,16 @@ class _Rewriter:
         anchor = self.nodes[unit.anchor]
         depthwise_without_relu = anchor.op == "DepthwiseConv2dNative" and not unit.activation
         return unsigned and not depthwise_without_relu and anchor.attr["padding"].s != b"EXPLICIT"
+
+    def _grouped(self, unit: Unit) -> bool:
+        """Whether ``unit`` is a grouped Conv2D (its filter reads fewer channels than its input has, as a grouped
+        Keras Conv2D inlined from its function call): oneDNN has no int8 kernel for it, so it stays fp32."""
+        anchor = self.nodes[unit.anchor]
+        if anchor.op != "Conv2D":
+            return False
+        shape = self.shapes.of(unit.data_input)
+        channels = shape[1 if anchor.attr["data_format"].s == b"NCHW" else -1] if shape else None
+        return channels is not None and channels != _const_value(self.nodes[unit.weights]).shape[2]
 
     def _sum_supported(self, unit: Unit) -> bool:
         """oneDNN fuses [BiasAdd, Sum, Relu, Requantize] and computes it right only for an unsigned summand: a

@@ -675,3 +675,22 @@ def test_a_call_that_stays_runs_fp32_with_a_warning_naming_it():
     assert counts.get("_FusedQuantizedConv2D") == 2
     reference = model.predict(x, verbose=0)
     assert np.abs(qmodel.predict(x) - reference).max() < 0.05 * np.abs(reference).max()
+
+
+def test_tf_keras_grouped_convs_inline_and_quantize_where_int8_can_run_them():
+    """tf_keras runs grouped convs as function calls too: a depthwise-grouped one (groups = channels) becomes an
+    int8 depthwise conv, one with groups=2 is inlined as a grouped Conv2D that no int8 kernel runs, kept fp32."""
+    import tf_keras
+
+    inputs = tf_keras.Input((8, 8, 4))
+    y = tf_keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    y = tf_keras.layers.Conv2D(8, 3, padding="same", groups=8, name="depthwise_grouped")(y)
+    y = tf_keras.layers.Conv2D(8, 3, padding="same", groups=2, name="grouped")(y)
+    model = tf_keras.Model(inputs, tf_keras.layers.GlobalAveragePooling2D()(y))
+    x = np.random.default_rng(3).random((16, 8, 8, 4), dtype=np.float32)
+    with within():
+        qmodel = kquant.quantize(model, x, stem="int8", progress=False)
+    counts = qmodel.op_counts()
+    assert counts.get("_FusedQuantizedDepthwiseConv2D") == 1 and counts.get("Conv2D") == 1
+    reference = model.predict(x, verbose=0)
+    assert np.abs(qmodel.predict(x) - reference).max() < 0.05 * np.abs(reference).max()
