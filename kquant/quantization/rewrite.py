@@ -203,17 +203,28 @@ class _Rewriter:
         if (tensor, shift) in self.entries:
             return self.entries[tensor, shift]
         base = node_name(tensor) + ("_quantize" if tensor.endswith(":0") else f"_{tensor.rsplit(':', 1)[1]}_quantize")
+        source = tensor
         if shift:
             base, dtype, mode, (lo, hi) = f"{base}_shifted", tf.quint8, "MIN_FIRST", shift
         elif lo >= 0:
             dtype, mode, lo = tf.quint8, "SCALED", 0.0
+            source = self._before_clamp(tensor, hi)
         else:
             dtype, mode, bound = tf.qint8, "SCALED", _qint8_bound(lo, hi)
             lo, hi = -bound, bound
         self.new_nodes.extend([N.const(f"{base}/min", np.float32(lo)), N.const(f"{base}/max", np.float32(hi)),
-                               N.quantize_v2(base, tensor, f"{base}/min", f"{base}/max", dtype, mode)])
+                               N.quantize_v2(base, source, f"{base}/min", f"{base}/max", dtype, mode)])
         self.entries[tensor, shift] = QTensor(f"{base}:0", f"{base}:1", f"{base}:2", dtype, mode, shift)
         return self.entries[tensor, shift]
+
+    def _before_clamp(self, tensor: str, high: float) -> str:
+        """The input of the Relu (or Relu6 with ``high`` <= 6) producing ``tensor``, else ``tensor``: a quint8 QuantizeV2
+        to [0, high] saturates what the Relu would clamp, so the Relu need not run (it is pruned when no fp32 op reads it)."""
+        producer = self.nodes.get(node_name(tensor))
+        if producer is None or not tensor.endswith(":0") or not (
+                producer.op == "Relu" or (producer.op == "Relu6" and high <= 6.0)):
+            return tensor
+        return tensor_name(producer.input[0])
 
     def _can_shift(self, tensor: str) -> bool:
         """Whether every int8 reader of ``tensor`` can take it shifted to unsigned."""

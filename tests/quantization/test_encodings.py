@@ -171,3 +171,19 @@ def test_public_kernels_keep_a_strided_1x1_conv_as_it_is():
     assert qmodel.op_counts()["QuantizedConv2DWithBiasAndReluAndRequantize"] == 2 and "Pad" not in qmodel.op_counts()
     ref = model.predict(x[32:], verbose=0)
     assert np.abs(qmodel.predict(x[32:]) - ref).max() < 0.05 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_a_relu_read_only_by_int8_ops_is_done_by_its_unsigned_quantize(activation):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x_in = keras.Input((10, 10, 8), name="x")
+    y = keras.layers.Conv2D(6, 3)(keras.layers.Activation(activation)(keras.layers.Add()([x_in, x_in])))
+    model = keras.Model(x_in, y)
+    x = np.random.default_rng(3).normal(0, 2.0, (48, 10, 10, 8)).astype(np.float32)  # half negative, some over 6
+    qmodel = kquant.quantize(model, x[:32], progress=False)
+    ops = [n.op for n in qmodel.graph_def.node]
+    assert "Relu" not in ops and "Relu6" not in ops and ops.count("QuantizeV2") == 1
+    ref = model.predict(x[32:], verbose=0)
+    assert np.sqrt(np.mean((qmodel.predict(x[32:]) - ref) ** 2)) < 0.01 * np.abs(ref).max()

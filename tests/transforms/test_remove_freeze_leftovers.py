@@ -74,3 +74,21 @@ def test_an_identity_with_a_control_input_from_a_placeholder_stays():
     result = apply_transforms(case.frozen, "remove_freeze_leftovers")
     kept = {node.name: list(node.input) for node in result.graph_def.node}
     assert kept[identity.name] == ["x0", "^x1"]
+
+
+@tf.custom_gradient
+def _swish(x):
+    """A swish with its own gradient, as Keras 3 computes one: freezing leaves an IdentityN around it."""
+    y = x * tf.sigmoid(x)
+    return y, lambda dy: dy
+
+
+def test_a_custom_gradients_identity_n_is_bypassed_and_one_waited_on_stays():
+    case = case_from_function(lambda x: _swish(x) * 2.0, (3,))
+    assert count_ops(case.frozen)["IdentityN"] == 1
+    assert count_ops(transformed(case, "remove_freeze_leftovers"))["IdentityN"] == 0
+    waited = case_from_function(lambda x: _swish(x) * 2.0, (3,))
+    identity_n = next(node for node in waited.frozen.graph_def.node if node.op == "IdentityN")
+    output = next(node for node in waited.frozen.graph_def.node if node.op == "Identity")
+    output.input.append(f"^{identity_n.name}")
+    assert count_ops(transformed(waited, "remove_freeze_leftovers"))["IdentityN"] == 1

@@ -5,7 +5,8 @@ function's NoOp, whose control edges reach every one of them, with a control edg
 output. None of that orders anything observable, but it stops the stock folds (the weights look used
 elsewhere) and keeps the unfolded weights alive. This transform
 - drops control edges from nodes that only compute constants (Const, and Identity/NoOp fed only by them);
-- bypasses Identity nodes left without control inputs (graph inputs and outputs, and a cond's pivots, stay);
+- bypasses Identity nodes left without control inputs (graph inputs and outputs, and a cond's pivots, stay), and
+  the IdentityN of a custom gradient (Keras 3's swish) when nothing waits on it by a control edge;
 - removes NoOps left without inputs, and the nodes no output needs any more (stateful ops stay).
 Control edges from anything else (Assert, Print, stateful ops, placeholders) are kept.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 from tensorflow.core.framework import graph_pb2
 
 from kquant.errors import TransformError
-from kquant.graph import is_control_input, node_name
+from kquant.graph import is_control_input, node_name, tensor_name
 from kquant.transforms.pattern import GraphIndex, prune_unused
 from kquant.transforms.registry import register
 
@@ -29,15 +30,20 @@ def remove_freeze_leftovers(graph_def, context):
     protected = context.protected
     result = without_freeze_control_edges(graph_def, protected)
     ops = {node.name: node.op for node in result.node}
+    awaited = {node_name(inp) for node in result.node for inp in node.input if is_control_input(inp)}
     forward = {node.name: node.input[0] for node in result.node
                if node.op == "Identity" and node.name not in protected and len(node.input) == 1
                and ops.get(node_name(node.input[0])) not in SWITCH_OPS}
+    forward.update({f"{node.name}:{k}": inp for node in result.node
+                    if node.op == "IdentityN" and node.name not in protected | awaited
+                    and not any(map(is_control_input, node.input)) for k, inp in enumerate(node.input)})
     for node in result.node:
         rewired = _without_repeated_control_inputs([_resolve(inp, forward) for inp in node.input])
         if rewired != list(node.input):
             del node.input[:]
             node.input.extend(rewired)
-    kept_nodes = [node for node in result.node if node.name not in forward]
+    bypassed = {node_name(name) for name in forward}
+    kept_nodes = [node for node in result.node if node.name not in bypassed]
     del result.node[:]
     result.node.extend(kept_nodes)
     return prune_unused(result, [node.name for node in result.node], protected)
@@ -82,15 +88,16 @@ def _constant_only(graph_def) -> set[str]:
 
 
 def _resolve(inp: str, forward: dict[str, str]) -> str:
-    """Follow bypassed Identities: a data input takes the Identity's input tensor, a control input its node."""
+    """Follow bypassed Identities (keyed by node) and IdentityN outputs (keyed by tensor): a data input takes
+    the input tensor it passes on, a control input that tensor's node."""
     control = is_control_input(inp)
     passed: set[str] = set()
-    while node_name(inp) in forward:
-        if node_name(inp) in passed:
+    while (key := node_name(inp) if node_name(inp) in forward else tensor_name(inp)) in forward:
+        if key in passed:
             raise TransformError(f"Identity nodes {', '.join(sorted(passed))} form a cycle; the graph is malformed: "
                                  "export it again from the model")
-        passed.add(node_name(inp))
-        inp = forward[node_name(inp)]
+        passed.add(key)
+        inp = forward[key]
     return "^" + node_name(inp) if control else inp
 
 
