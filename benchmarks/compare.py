@@ -13,6 +13,7 @@ INC and TFLite quantize the same frozen fp32 graph kquant does, on the same cali
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import importlib.util
 import json
@@ -108,6 +109,7 @@ class TFGraph:
         import kquant
 
         self.runner = kquant.GraphRunner(graph_def, inputs, [output])
+        self.op_census = dict(sorted(collections.Counter(node.op for node in graph_def.node).items()))
 
     def call(self, arrays):
         return lambda: self.runner(*arrays)
@@ -262,6 +264,7 @@ def measure_model(name, runs, fp32_path):
             "throughput_b32": timings[key][32].throughput,
             "accuracy": None if labels is None else 100.0 * float(np.mean(classes[key] == labels)),
             "agreement": 100.0 * float(np.mean(classes[key] == classes["TF fp32"])),
+            **({"op_census": variants[key][0].op_census} if isinstance(variants[key][0], TFGraph) else {}),
         }
     for key, error in errors.items():
         results[key] = {"error": error}
