@@ -290,8 +290,6 @@ def measure_eigen(fp32_path, runs):
 # ---------------------------------------------------------------- the parent: one subprocess per model, then the table
 
 def environment(command):
-    from importlib.metadata import version
-
     import kquant  # noqa: F401  (sets up TensorFlow first)
     import keras
     import tensorflow as tf
@@ -315,8 +313,18 @@ def environment(command):
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
-        "neural_compressor": version("neural-compressor-tf"),
+        "neural_compressor": _installed_version("neural-compressor-tf"),
     }
+
+
+def _installed_version(distribution: str) -> str:
+    """The installed version, or "not installed" (its column then records the import error)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def run_child(args, env_extra=None):

@@ -3,7 +3,7 @@
     python benchmarks/fer_gap.py
 
 Two folds of scikit-image's 200 LFW faces (calibrate on one half, evaluate on the other). For each:
-- "exact 8-bit": `kquant.quantization.simulation` on kquant's plan and calibrated ranges: int8-rounded
+- "exact 8-bit": `kquant.quantization.qdq` on kquant's plan and calibrated ranges: int8-rounded
   weights and an asymmetric FakeQuant at every quantized tensor, i.e. exact rounding, no kernel effects;
 - "kquant int8": kquant.quantize with its defaults, which keep the image stem (the convolution reading the
   image) fp32;
@@ -24,10 +24,18 @@ import numpy as np
 import kquant
 from kquant import datasets
 from kquant.quantization import pipeline
-from kquant.quantization.simulation import simulated_graph_def
+from kquant.quantization.collect import calibrate
+from kquant.quantization.config import QuantizationConfig
+from kquant.quantization.qdq import qdq_graph_def
+from kquant.quantization.rewrite import rewrite_graph
 from kquant.runtime import GraphRunner
 
 COSTLIEST = 5
+
+
+def simulated(fp32, units, ranges):
+    """The QDQ graph of ``units`` as the rewrite emits them (residual sums it cannot fuse back in fp32)."""
+    return qdq_graph_def(fp32, rewrite_graph(fp32.graph_def, units, ranges, fp32.output_names)[1], ranges)
 
 
 def main():
@@ -36,13 +44,13 @@ def main():
     faces = datasets.lfw_faces()
     path = datasets.fer_model_path()
     reference = keras.models.load_model(path, compile=False).predict(faces, verbose=0)
-    fp32 = pipeline.optimize(kquant.freeze(path))
-    units = pipeline.plan(fp32, excluded_nodes=pipeline.fp32_stems(fp32))
+    prepared = pipeline.prepare(kquant.freeze(path), QuantizationConfig())
+    fp32, units = prepared.fp32, prepared.candidates
     print(f"{'fold':22s} {'variant':28s} agreement  output SNR (dB)")
     for name, calib, held in (("calibrate 0-99", slice(0, 100), slice(100, 200)),
                               ("calibrate 100-199", slice(100, 200), slice(0, 100))):
-        ranges = pipeline.calibrate(fp32, units, faces[calib], progress=False)
-        with GraphRunner(simulated_graph_def(fp32, units, ranges), fp32.input_names, fp32.output_names) as run:
+        ranges = calibrate(fp32, units, faces[calib], progress=False)
+        with GraphRunner(simulated(fp32, units, ranges), fp32.input_names, fp32.output_names) as run:
             results = {"exact 8-bit (simulation)": run(faces[held])[0]}
         results["kquant int8"] = kquant.quantize(path, faces[calib], progress=False).predict(faces[held])
         results["kquant int8, stem int8"] = kquant.quantize(path, faces[calib], stem="int8", progress=False).predict(faces[held])
@@ -56,13 +64,13 @@ def main():
         print(f"{name:22s} {np.sum(top2[:, 1] - top2[:, 0] < error)} of {len(want)} faces have an fp32 margin under "
               f"kquant's median softmax error ({error:.3f})")
     every = pipeline.plan(fp32)
-    ranges = pipeline.calibrate(fp32, every, faces[:100], progress=False)
-    simulated = simulated_graph_def(fp32, every, ranges)
-    roundings = [n.name for n in simulated.node if n.op == "FakeQuantWithMinMaxArgs"]
+    ranges = calibrate(fp32, every, faces[:100], progress=False)
+    simulation = simulated(fp32, every, ranges)
+    roundings = [n.name for n in simulation.node if n.op == "FakeQuantWithMinMaxArgs"]
     want = reference[100:]
 
     def snr_rounding(kept):
-        with GraphRunner(only_rounding(simulated, fp32.graph_def, kept), fp32.input_names, fp32.output_names) as run:
+        with GraphRunner(only_rounding(simulation, fp32.graph_def, kept), fp32.input_names, fp32.output_names) as run:
             got = run(faces[100:])[0]
         return 10 * np.log10(np.mean(want ** 2) / np.mean((got - want) ** 2))
 

@@ -11,7 +11,7 @@ picks another side where allowed). One row:
 - quantize, calibrated on a few preprocessed random images, and the time it took;
 - the int8 ops, the QuantizeV2/Dequantize at fp32 borders, and the fp32 convolutions and matmuls left with why;
 - the int8 RMS error against the fp32 graph divided by that of the exact 8-bit simulation of the same plan
-  (``kquant.quantization.simulation``), on other random images;
+  (``kquant.quantization.qdq``), on other random images;
 - int8 / fp32 speed at batch 1 and 32, timed in interleaved rounds (``kquant.benchmark.time_interleaved``).
 
 Each row is written as one JSON file in ``--out`` and skipped when it exists (delete it to rerun), so a sweep
@@ -109,7 +109,7 @@ def measure(arch: str, keras_version: str, side: int, runs: int) -> dict:
     import kquant
     from kquant.benchmark import summarize_times, time_interleaved
     from kquant.quantization import pipeline
-    from kquant.quantization.simulation import simulated_graph_def
+    from kquant.quantization.qdq import qdq_graph_def
     from kquant.runtime import GraphRunner
 
     row = {"arch": arch, "keras": keras_version, "size": side, "runs": runs}
@@ -138,8 +138,7 @@ def measure(arch: str, keras_version: str, side: int, runs: int) -> dict:
 
     got = np.asarray(qmodel.predict(evaluation))
     row["int8_finite"] = bool(np.isfinite(got).all())
-    units = pipeline.plan(result.fp32, result.excluded_ops, result.excluded_nodes + result.stems + result.fell_back)
-    with GraphRunner(simulated_graph_def(result.fp32, units, result.ranges), fp32.input_names, fp32.output_names) as run:
+    with GraphRunner(qdq_graph_def(result.fp32, result.units, result.ranges), fp32.input_names, fp32.output_names) as run:
         exact = run(evaluation)[0]
     rms_int8 = float(np.sqrt(np.mean((got - optimized) ** 2)))
     rms_exact = float(np.sqrt(np.mean((exact - optimized) ** 2)))
@@ -165,13 +164,12 @@ def measure(arch: str, keras_version: str, side: int, runs: int) -> dict:
 
 def graph_counts(result) -> dict:
     """int8 ops by type, fp32 borders, and the fp32 convolutions / matmuls left, each with why."""
-    from kquant.api import INT8_OP_PREFIXES
-    from kquant.quantization import pipeline
+    from kquant.quantization.model import INT8_OP_PREFIXES
 
     ops = collections.Counter(n.op for n in result.int8.graph_def.node)
     int8 = {op: n for op, n in ops.items() if op.startswith(INT8_OP_PREFIXES) and op not in ("QuantizeV2", "Dequantize")}
     emitted = {u.anchor for u in result.units}
-    planned = {u.anchor for u in pipeline.plan(result.fp32)}
+    planned = {u.anchor for u in result.prepared.planned}
     left = []
     for node in result.int8.graph_def.node:
         if node.op not in WEIGHTED:
@@ -187,7 +185,7 @@ def graph_counts(result) -> dict:
         else:
             why = "no unit pattern matches it (non-constant or transposed weights)"
         left.append({"name": node.name, "op": node.op, "why": why})
-    kinds = collections.Counter(u.kind for u in result.units)
+    kinds = collections.Counter(u.family for u in result.units)
     fp32_ops = collections.Counter(n.op for n in result.int8.graph_def.node if n.op not in int8 and n.op not in
                                    ("Const", "Placeholder", "Identity", "QuantizeV2", "Dequantize"))
     return {"int8_ops": sum(int8.values()), "int8_op_types": int8, "units": dict(kinds),

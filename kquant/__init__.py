@@ -7,7 +7,7 @@ from kquant.converters import freeze
 from kquant.converters.keras import save_keras_model_to_pb
 from kquant.errors import KQuantError
 from kquant.graph import FrozenGraph, TensorSpec, load_graph_def, save_graph_def
-from kquant.quantization.converter import GraphConverter
+from kquant.quantization.graph_converter import GraphConverter
 from kquant.runtime import GraphRunner, ensure_onednn, onednn_enabled
 from kquant.summarize import GraphSummary, summarize_graph
 from kquant.transforms import transform_graph

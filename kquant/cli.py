@@ -272,7 +272,7 @@ def _quantize(args) -> int:
     from kquant.converters.graph_def import frozen_from_graph_def
     from kquant.errors import CalibrationDataError, ConfigurationError
     from kquant.files import checked_data_path, load_arrays
-    from kquant.quantization.converter import GraphConverter, save_stages
+    from kquant.quantization.graph_converter import GraphConverter, save_stages
 
     if args.calib is None and args.min_max_log is None:
         raise ConfigurationError("kquant quantize needs --calib samples or a --min-max-log; pass one")

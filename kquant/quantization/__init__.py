@@ -1,1 +1,1 @@
-"""int8 post-training quantization: patterns, calibration, graph rewrite, pipeline."""
+"""int8 post-training quantization: plan (the op registry in ops/), calibration, rewrite, pipeline."""

@@ -62,10 +62,6 @@ class QuantizationConfig:
         set_("relative", check_bool("relative", self.relative))
         set_("max_trials", check_int("max_trials", self.max_trials, minimum=1))
 
-    def pipeline_options(self) -> dict:
-        """The fields as keyword arguments of ``quantize_frozen``."""
-        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
-
 
 def limited_batches(batches, max_batches: int | None):
     """The first ``max_batches`` of ``batches``; without a limit, the batches up to DEFAULT_CALIBRATION_SAMPLES samples,
@@ -84,7 +80,7 @@ def limited_batches(batches, max_batches: int | None):
 
 
 def _calibration_name(method) -> str:
-    from kquant.quantization.calibration import CALIBRATORS
+    from kquant.quantization.calibrators import CALIBRATORS
 
     name = method.strip().lower() if isinstance(method, str) else None
     if name not in CALIBRATORS:
@@ -95,7 +91,7 @@ def _calibration_name(method) -> str:
 def _calibration_options(method: str, options) -> Mapping[str, Any]:
     """``options`` checked against the parameters of ``method``'s calibrator (names, and types by their defaults),
     then by building one calibrator, whose own range checks apply."""
-    from kquant.quantization.calibration import CALIBRATORS, make_calibrator
+    from kquant.quantization.calibrators import CALIBRATORS, make_calibrator
 
     if options is None:
         options = {}

@@ -1,8 +1,8 @@
-"""NodeDef construction: typed attributes, constants, and the int8 ops kquant emits.
+"""NodeDef construction shared by every lowering: typed attributes, constants, and the QuantizeV2 / Dequantize at
+the borders between fp32 and int8 (each op family builds its own int8 ops, in ``kquant.quantization.ops``).
 
-Every builder returns NodeDefs; nothing here runs a graph. Attribute names and input order
-follow TensorFlow's op registrations (public ``Quantize*`` ops and the oneDNN-only
-``_FusedQuantized*`` / ``_QuantizedMatMul`` ops).
+Every builder returns NodeDefs; nothing here runs a graph. Attribute names and input order follow
+TensorFlow's op registrations.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2, node_def_pb2
 
-from kquant.graph import const_node as const  # noqa: F401  (builders here and N.const in the rewrite)
+from kquant.graph import const_node as const  # noqa: F401  (N.const in every lowering)
 
 
 def attr_value(value) -> attr_value_pb2.AttrValue:
@@ -75,84 +75,3 @@ def dequantize(name: str, tensor: str, min_tensor: str, max_tensor: str, dtype: 
     if (mode, dtype) == ("SCALED", tf.quint8):
         mode = "MIN_FIRST"
     return make_node("Dequantize", name, [tensor, min_tensor, max_tensor], T=dtype, mode=mode, dtype=tf.float32)
-
-
-def fused_quantized_conv(name: str, op: str, inputs, *, input_dtype, output_dtype, fused_ops, conv_attrs) -> node_def_pb2.NodeDef:
-    """``_FusedQuantizedConv2D`` / ``_FusedQuantizedDepthwiseConv2D``.
-
-    ``inputs``: x, filter, bias, min_x, max_x, min_filter, max_filter[, min_out, max_out].
-    ``output_dtype`` quint8/qint8 with a trailing ``Requantize`` fused op, qint32 otherwise.
-    """
-    host_inputs = [input_dtype, tf.qint8, tf.float32] + [tf.float32] * (len(inputs) - 3)
-    node = make_node(
-        op, name, inputs,
-        Thost_inputs=host_inputs, Thost_outputs=[output_dtype, tf.float32, tf.float32],
-        Tdevice_inputs=[], Tdevice_outputs=[],
-        Tinput=input_dtype, Tfilter=tf.qint8, Tbias=tf.float32, Tsummand=output_dtype, out_type=output_dtype,
-        fused_ops=list(fused_ops),
-    )
-    for key, value in conv_attrs.items():
-        node.attr[key].CopyFrom(value)
-    return node
-
-
-def quantized_matmul(name: str, inputs, *, input_dtype, output_dtype, fused_ops, input_mode: str, output_mode="SCALED",
-                     leakyrelu_alpha=None, transpose_a=False, transpose_b=False) -> node_def_pb2.NodeDef:
-    """``_QuantizedMatMul``: inputs a, b, bias, min_a, max_a, min_b, max_b[, min_out, max_out].
-
-    With a trailing ``Dequantize`` fused op the output is float32 and has one output; else ``output_mode``
-    SCALED or MIN_FIRST (codes of x - min_out) requantizes it.
-    """
-    dequantized = fused_ops[-1] == "Dequantize"
-    host_outputs = [tf.float32] if dequantized else [output_dtype, tf.float32, tf.float32]
-    node = make_node(
-        "_QuantizedMatMul", name, inputs,
-        Thost_inputs=[input_dtype, tf.qint8, tf.float32] + [tf.float32] * (len(inputs) - 3),
-        Thost_outputs=host_outputs, Tdevice_inputs=[], Tdevice_outputs=[],
-        T1=input_dtype, T2=tf.qint8, Tbias=tf.float32, Tout=output_dtype, U=tf.float32,
-        fused_ops=list(fused_ops), input_quant_mode=input_mode, transpose_a=transpose_a, transpose_b=transpose_b,
-    )
-    if not dequantized:
-        node.attr["output_quant_mode"].CopyFrom(attr_value(output_mode))
-    if leakyrelu_alpha is not None:
-        node.attr["leakyrelu_alpha"].CopyFrom(attr_value(float(leakyrelu_alpha)))
-    return node
-
-
-def public_quantized_conv(name: str, depthwise: bool, relu: bool, inputs, *, output_dtype, conv_attrs) -> node_def_pb2.NodeDef:
-    """The public ``Quantized[Depthwise]Conv2DWithBias[AndRelu]AndRequantize`` ops (quint8 input only)."""
-    op = ("QuantizedDepthwiseConv2DWithBiasAndReluAndRequantize" if depthwise
-          else f"QuantizedConv2DWithBias{'AndRelu' if relu else ''}AndRequantize")
-    node = make_node(op, name, inputs, Tinput=tf.quint8, Tfilter=tf.qint8, Tbias=tf.float32, out_type=output_dtype)
-    for key, value in conv_attrs.items():
-        node.attr[key].CopyFrom(value)
-    return node
-
-
-def public_quantized_matmul(name: str, inputs, *, input_dtype, output_dtype, relu: bool, input_mode: str) -> node_def_pb2.NodeDef:
-    """The public ``QuantizedMatMulWithBias[AndRelu]AndRequantize`` / ``...AndDequantize`` ops (9 inputs)."""
-    if output_dtype == tf.float32:
-        op = "QuantizedMatMulWithBiasAndDequantize"
-    else:
-        op = f"QuantizedMatMulWithBias{'AndRelu' if relu else ''}AndRequantize"
-    return make_node(op, name, inputs, T1=input_dtype, T2=tf.qint8, Tbias=tf.float32, Toutput=output_dtype,
-                     input_quant_mode=input_mode)
-
-
-def fused_quantized_conv_with_sum(name: str, op: str, inputs, *, input_dtype, summand_dtype, output_dtype, relu: bool,
-                                  conv_attrs) -> node_def_pb2.NodeDef:
-    """``_FusedQuantizedConv2D`` adding an int8 summand before the activation (oneDNN's sum post-op).
-
-    ``inputs``: x, filter, bias, summand, min_x, max_x, min_filter, max_filter, min_summand, max_summand,
-    min_out, max_out.
-    """
-    node = make_node(
-        op, name, inputs,
-        Thost_inputs=[input_dtype, tf.qint8, tf.float32, summand_dtype] + [tf.float32] * 8,
-        Thost_outputs=[output_dtype, tf.float32, tf.float32], Tdevice_inputs=[], Tdevice_outputs=[],
-        Tinput=input_dtype, Tfilter=tf.qint8, Tbias=tf.float32, Tsummand=summand_dtype, out_type=output_dtype,
-        fused_ops=["BiasAdd", "Sum"] + (["Relu"] if relu else []) + ["Requantize"],
-    )
-    for key, value in conv_attrs.items():
-        node.attr[key].CopyFrom(value)
-    return node

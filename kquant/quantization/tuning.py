@@ -46,7 +46,7 @@ def accuracy_drop(baseline: float, score: float, relative: bool) -> float:
 
 def rank_by_sensitivity(fp32, units, build, batch) -> list:
     """Units that run int8 kernels, most sensitive first; ``build(int8_only)`` gives a graph with only those in int8."""
-    weighted = [u for u in units if u.kind in ("conv", "matmul")]
+    weighted = [u for u in units if u.weighted]
     with GraphRunner(fp32.graph_def, fp32.input_names, fp32.output_names) as run:
         reference = run(*batch)
     scores = []

@@ -125,9 +125,9 @@ def test_int8_graph_holds_no_two_identical_constants(keras3_int8):
     assert seen and max(seen.values()) == 1
 
 
-def test_strip_merges_identical_nodes_but_not_the_ones_it_must_keep():
+def test_merge_duplicates_merges_identical_nodes_but_not_the_ones_it_must_keep():
     from kquant.graph import FrozenGraph, TensorSpec
-    from kquant.quantization.pipeline import strip
+    from kquant.quantization.pipeline import merge_duplicates
 
     graph = tf.Graph()
     with graph.as_default():
@@ -135,11 +135,11 @@ def test_strip_merges_identical_nodes_but_not_the_ones_it_must_keep():
         tf.add(tf.multiply(x, tf.constant(2.0), name="a"), tf.multiply(x, tf.constant(2.0), name="b"), name="c")
     frozen = FrozenGraph(graph.as_graph_def(), (TensorSpec("x:0", "float32", (None, 3)),),
                          (TensorSpec("c:0", "float32", (None, 3)),))
-    merged = strip(frozen).graph_def
+    merged = merge_duplicates(frozen).graph_def
     assert sorted(n.op for n in merged.node) == ["AddV2", "Const", "Mul", "Placeholder"]
     with kquant.GraphRunner(merged, ["x:0"], ["c:0"]) as run:
         np.testing.assert_array_equal(run(np.ones((1, 3), np.float32))[0], [[4.0, 4.0, 4.0]])
-    kept = {n.name for n in strip(frozen, keep=["c:0", "b:0"]).graph_def.node}
+    kept = {n.name for n in merge_duplicates(frozen, keep=["c:0", "b:0"]).graph_def.node}
     assert {"a", "b", "c"} <= kept
 
 
@@ -168,7 +168,7 @@ def test_excluded_ops_and_nodes_stay_fp32(keras3_model, images):
     qmodel = kquant.quantize(keras3_model, images[:64], excluded_ops=["MatMul"], stem="int8", progress=False)
     ops = qmodel.op_counts()
     assert ops.get("_QuantizedMatMul", 0) == 0 and ops["MatMul"] == 2 and ops["_FusedQuantizedConv2D"] == 1
-    conv = next(u for u in qmodel.result.units if u.kind == "conv")
+    conv = next(u for u in qmodel.result.units if u.family == "convolution")
     kept = kquant.quantize(keras3_model, images[:64], excluded_nodes=[conv.anchor], stem="int8", progress=False)
     assert kept.op_counts().get("_FusedQuantizedConv2D", 0) == 0
 
@@ -201,7 +201,7 @@ def test_graph_converter_with_callable_and_seed_log(keras3_model, images, tmp_pa
     converter = kquant.GraphConverter(str(fp32_path), str(out), ["image"], None, per_channel=True, stem="int8")
     qmodel = converter.convert(lambda: (images[i:i + 16] for i in range(0, 64, 16)), progress=False)
     assert out.exists() and qmodel.op_counts()["_FusedQuantizedConv2D"] == 1
-    conv = next(u for u in qmodel.result.units if u.kind == "conv")
+    conv = next(u for u in qmodel.result.units if u.family == "convolution")
     log = tmp_path / "min_max_log.txt"
     log.write_text(f";{conv.anchor}_eightbit_requant_range__print__;__requant_min_max:[0][0.5]\n")
     logged = kquant.GraphConverter(str(fp32_path), str(tmp_path / "logged.pb"), ["image"], None, stem="int8").convert(
@@ -298,13 +298,10 @@ def linear_residual_cnn(reader_kernel):
 
 def error_against_simulation(model, qmodel, x_calib, x_eval):
     """RMS error of the int8 model and of an exact 8-bit simulation of its plan, against fp32."""
-    from kquant.quantization import pipeline
-    from kquant.quantization.simulation import simulated_graph_def
+    from kquant.quantization.qdq import qdq_graph_def
 
-    fp32 = pipeline.optimize(kquant.freeze(model))
-    units = pipeline.plan(fp32)
-    ranges = pipeline.calibrate(fp32, units, x_calib, progress=False)
-    with kquant.GraphRunner(simulated_graph_def(fp32, units, ranges), fp32.input_names, fp32.output_names) as run:
+    result, fp32 = qmodel.result, qmodel.result.fp32
+    with kquant.GraphRunner(qdq_graph_def(fp32, result.units, result.ranges), fp32.input_names, fp32.output_names) as run:
         simulated = run(x_eval)[0]
     reference = model.predict(x_eval, verbose=0)
     return np.sqrt(np.mean((qmodel.predict(x_eval) - reference) ** 2)), np.sqrt(np.mean((simulated - reference) ** 2))
@@ -387,14 +384,16 @@ def test_a_gelu_matmul_kept_out_of_int8_runs_in_bf16_with_its_constants():
     import keras
 
     from kquant.quantization import pipeline
-    from kquant.quantization.rewrite import RewriteOptions
+    from kquant.quantization.collect import calibrate
+    from kquant.quantization.config import QuantizationConfig
+    from kquant.quantization.encoding import RewriteOptions
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((20,)), *dense_layers(keras, "gelu_tanh", 16), keras.layers.Dense(4)])
     x = np.random.default_rng(0).normal(0.2, 1.0, (64, 20)).astype(np.float32)
-    fp32 = pipeline.optimize(kquant.freeze(model))
-    units = pipeline.plan(fp32)
-    graph, _ = pipeline.build(fp32, pipeline.calibrate(fp32, units, x[:32], progress=False), RewriteOptions(pair_safe_weights=True),
+    prepared = pipeline.prepare(kquant.freeze(model), QuantizationConfig())
+    fp32, units = prepared.fp32, prepared.candidates
+    graph, _ = prepared.build(calibrate(fp32, units, x[:32], progress=False), RewriteOptions(pair_safe_weights=True),
                               fell_back=[units[0].anchor], fallback="bf16")
     with kquant.GraphRunner(graph.graph_def, fp32.input_names, fp32.output_names) as run:
         got = run(x[32:])[0]

@@ -9,9 +9,10 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from kquant.errors import CalibrationDataError, ConfigurationError, KQuantError
-from kquant.quantization.calibration import (
-    CALIBRATORS, EntropyCalibrator, MinMaxCalibrator, PercentileCalibrator, ZERO_RANGE_WIDTH,
-    kl_threshold_bins, make_calibrator, read_max_log, read_min_log, read_min_max_log, valid_range)
+from kquant.quantization.calibrators import (
+    CALIBRATORS, EntropyCalibrator, MinMaxCalibrator, PercentileCalibrator, kl_threshold_bins, make_calibrator)
+from kquant.quantization.ranges import ZERO_RANGE_WIDTH, valid_range
+from kquant.quantization.seed_logs import read_max_log, read_min_log, read_min_max_log
 
 METHODS = ["minmax", "percentile", "percentile-symmetric", "entropy"]
 

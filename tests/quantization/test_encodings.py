@@ -13,7 +13,8 @@ import pytest
 import tensorflow as tf
 
 import kquant
-from kquant.quantization.rewrite import _quantize_weights, _zero_exact
+from kquant.quantization.encoding import zero_exact as _zero_exact
+from kquant.quantization.weights import quantize_weights as _quantize_weights
 
 
 def conv_model(keras, *layers, channels=8, seed=0):

@@ -7,7 +7,8 @@ import pytest
 import kquant
 from kquant.cli import main
 from kquant.errors import CalibrationDataError
-from kquant.quantization.converter import STAGE_FILES, ranges_from_log
+from kquant.quantization.graph_converter import STAGE_FILES
+from kquant.quantization.seed_logs import ranges_from_log
 from kquant.quantization.pipeline import plan
 
 from ..conftest import build_conv_model
@@ -61,7 +62,7 @@ def units_of(qmodel):
 
 def test_kquant_and_intel_requant_names_match(debugged):
     qmodel = debugged[0]
-    conv = next(u for u in units_of(qmodel) if u.kind == "matmul")
+    conv = next(u for u in units_of(qmodel) if u.family == "matmul")
     low, high = qmodel.result.ranges[conv.output_tensor]
     for name in (f"{conv.anchor}/eightbit/requant_range", f"{conv.anchor}_eightbit_requant_range"):
         log = f";{name}__print__;__requant_min_max:[{low}][{high}]\n"
@@ -79,7 +80,7 @@ def test_a_log_that_matches_nothing_is_refused_and_unmatched_entries_warned(debu
     units = units_of(debugged[0])
     with pytest.raises(CalibrationDataError, match="none of the 1 min/max log entries"):
         ranges_from_log(";v0/conv9/Conv2D_eightbit_requant_range__print__;__requant_min_max:[0][1]\n", units)
-    conv = next(u for u in units if u.kind == "matmul")
+    conv = next(u for u in units if u.family == "matmul")
     log = (f";{conv.anchor}_eightbit_requant_range__print__;__requant_min_max:[0][1]\n"
            ";v0/conv9/Conv2D_eightbit_requant_range__print__;__requant_min_max:[0][1]\n")
     with pytest.warns(UserWarning, match="1 of 2 min/max log entries match no int8 unit.*v0/conv9"):

@@ -6,7 +6,7 @@ import pytest
 import kquant
 from kquant.errors import ConfigurationError
 from kquant.graph import node_name
-from kquant.quantization.patterns import stem_convs
+from kquant.quantization.plan import stem_convs
 from kquant.quantization.pipeline import optimize, plan
 
 
@@ -25,7 +25,7 @@ def test_a_conv_reading_a_3_channel_image_through_a_rescaling_is_the_stem_and_th
                               keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.Conv2D(2, 3)])
     fp32 = optimize(kquant.freeze(model))
     units = plan(fp32)
-    assert [u.kind for u in units] == ["conv", "conv"]
+    assert [u.family for u in units] == ["convolution", "convolution"]
     assert stem_convs(fp32.graph_def, units) == [units[0].anchor]
 
 
@@ -104,7 +104,7 @@ def test_a_seed_log_range_for_the_stem_conv_becomes_the_range_its_fp32_output_is
     x = np.random.default_rng(0).random((32, 12, 12, 1), dtype=np.float32)
     qmodel = kquant.GraphConverter(str(path), None, None, None).convert(x, min_max_log=str(log), progress=False)
     nodes = {n.name: n for n in qmodel.graph_def.node}
-    (entry,) = [n for n in qmodel.graph_def.node if n.op == "QuantizeV2" and node_name(n.input[0]) == stem.output]
+    (entry,) = [n for n in qmodel.graph_def.node if n.op == "QuantizeV2" and n.name == f"{stem.output}_quantize"]
     assert nodes[node_name(entry.input[2])].attr["value"].tensor.float_val[0] == pytest.approx(0.5)
 
 

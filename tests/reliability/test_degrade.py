@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import kquant
-from kquant.quantization import rewrite as rewrite_module
+from kquant.quantization.ops.depthwise import DepthwiseConvolution
 from kquant.transforms import apply_transforms
 from kquant.transforms.rewrites import fold_keras_batch_norms as fold_module
 from tests.quantization.test_api import close_in_steps, small_cnn
@@ -55,19 +55,15 @@ def test_a_unit_the_rewrite_cannot_express_stays_fp32_and_the_rest_is_int8(monke
 
     model = small_cnn(keras)
     images = np.random.default_rng(1).random((64, 12, 12, 3), dtype=np.float32)
-    real = rewrite_module._EMITTERS["conv"]
+    def failing_depthwise(self, unit, lowering):
+        raise ValueError("an unforeseen form")
 
-    def failing_depthwise(self, unit):
-        if self.nodes[unit.anchor].op == "DepthwiseConv2dNative":
-            raise ValueError("an unforeseen form")
-        return real(self, unit)
-
-    monkeypatch.setitem(rewrite_module._EMITTERS, "conv", failing_depthwise)
+    monkeypatch.setattr(DepthwiseConvolution, "lower", failing_depthwise)
     with pytest.warns(UserWarning, match=r"the int8 rewrite kept \S+ \(DepthwiseConv2dNative\) in fp32: it could not "
                                          r"express it in int8 \(ValueError: an unforeseen form\)"):
         qmodel = kquant.quantize(model, images, stem="int8", progress=False)
     ops = qmodel.op_counts()
     assert ops["_FusedQuantizedConv2D"] == 1 and ops["_QuantizedMatMul"] == 2 and ops["DepthwiseConv2dNative"] == 1
     assert "_FusedQuantizedDepthwiseConv2D" not in ops
-    assert [u.kind for u in qmodel.result.units].count("conv") == 1
+    assert [u.family for u in qmodel.result.units if u.family in ("convolution", "depthwise")] == ["convolution"]
     assert close_in_steps(qmodel.predict(images), model.predict(images, verbose=0))

@@ -418,11 +418,11 @@ def test_endless_dataset_stops_at_the_default_with_one_warning(small_frozen, mon
 
 
 def test_calib_batches_on_the_command_line(small_files, tmp_path, capfd, monkeypatch):
-    from kquant.quantization import pipeline
+    from kquant.quantization import collect
 
     counted = []
-    real = pipeline.collect_ranges
-    monkeypatch.setattr(pipeline, "collect_ranges", lambda g, i, t, batches, **kw: real(
+    real = collect.collect_ranges
+    monkeypatch.setattr(collect, "collect_ranges", lambda g, i, t, batches, **kw: real(
         g, i, t, (counted.append(1) or b for b in batches), **kw))
     code, _, err = run_cli(["quantize", small_files["pb"], "--calib", small_files["calib"], "-o", tmp_path / "q.pb",
                             "--batch-size", "2", "--calib-batches", "3", "--no-progress"], capfd)

@@ -83,9 +83,8 @@ def test_a_graph_that_aborts_tensorflow_raises_graph_run_error_and_the_process_l
     result = run_child("""
         import numpy as np, kquant
         from kquant.errors import GraphRunError
-        from kquant.quantization.calibrate import collect_ranges
-        from kquant.quantization.patterns import find_units
-        from kquant.quantization.pipeline import tensors_to_calibrate
+        from kquant.quantization.collect import collect_ranges
+        from kquant.quantization.plan import find_units, tensors_to_calibrate
         from kquant.transforms import optimize_for_inference
         from tests.reliability.test_real_graphs import mobilenet_v2_graph_def, with_explicit_depthwise_padding
         fp32 = optimize_for_inference(kquant.freeze(mobilenet_v2_graph_def()))
