@@ -6,7 +6,8 @@ scalar or per-channel constant.
 
 from __future__ import annotations
 
-from kquant.transforms.folding import BIASED_CONV, channel_vector, const_value, conv_bias, data_format, fold_affine_into_conv, output_channels
+from kquant.graphdef import const_value, data_format, output_channels
+from kquant.transforms.folding import BIASED_CONV, channel_vector, conv_bias, fold_affine_into_conv
 from kquant.transforms.pattern import P, replace_matching
 from kquant.transforms.registry import register
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 import numpy as np
 from tensorflow.core.framework import node_def_pb2
 
-from kquant.graph import const_node
-from kquant.transforms.folding import (BIASED_CONV, CONV, CONV_OPS, channel_vector, const_value, conv_bias, data_format,
-                                       fold_affine_into_conv, output_channels)
+from kquant.graphdef import const_node, const_value, data_format, output_channels
+from kquant.transforms.folding import BIASED_CONV, CONV, CONV_OPS, channel_vector, conv_bias, fold_affine_into_conv
 from kquant.transforms.pattern import P, replace_matching
 from kquant.transforms.registry import register
 
