@@ -38,18 +38,22 @@ def op_histogram(graph_def) -> collections.Counter:
 
 def round_trips(graph_def) -> int:
     """QuantizeV2 nodes whose input is a Dequantize: int8 -> fp32 -> int8 with nothing in between."""
-    by_name = {n.name: n for n in graph_def.node}
-    return sum(1 for n in graph_def.node if n.op == "QuantizeV2" and by_name[n.input[0].split(":")[0].lstrip("^")].op == "Dequantize")
+    from kquant.graphdef import node_name, nodes_by_name
+
+    by_name = nodes_by_name(graph_def)
+    return sum(1 for n in graph_def.node if n.op == "QuantizeV2" and by_name[node_name(n.input[0])].op == "Dequantize")
 
 
 def fp32_islands(graph_def) -> collections.Counter:
     """fp32 compute ops that read a Dequantize: where the int8 graph leaves int8 and why."""
-    by_name = {n.name: n for n in graph_def.node}
+    from kquant.graphdef import is_control_input, node_name, nodes_by_name
+
+    by_name = nodes_by_name(graph_def)
     readers = collections.Counter()
     for node in graph_def.node:
         if node.op in ("QuantizeV2", "Identity"):
             continue
-        if any(by_name[i.split(":")[0].lstrip("^")].op == "Dequantize" for i in node.input if not i.startswith("^")):
+        if any(by_name[node_name(i)].op == "Dequantize" for i in node.input if not is_control_input(i)):
             readers[node.op] += 1
     return readers
 

@@ -17,8 +17,8 @@ from kquant.arguments import check_bool, check_int
 from kquant.converters import freeze
 from kquant.data import iter_batches
 from kquant.errors import ConfigurationError
-from kquant.graph import (FrozenGraph, atomic_write, check_nodes_exist, load_graph_def, serialize_graph_def,
-                          without_default_attrs)
+from kquant.graph import FrozenGraph, atomic_write, load_graph_def, serialize_graph_def, without_default_attrs
+from kquant.graphdef import check_nodes_exist
 from kquant.runtime import GraphRunner, ensure_onednn, joined_chunks, session_config
 
 WARMUP_RUNS = 5
@@ -259,12 +259,12 @@ def _top5(outputs, labels) -> float | None:
 
 def _int8_graph(int8, fp32: FrozenGraph) -> FrozenGraph:
     """The int8 GraphDef as given, fed and fetched by the fp32 graph's tensor names."""
-    from kquant.api import QuantizedModel
-
-    if isinstance(int8, (QuantizedModel, FrozenGraph)):
+    if isinstance(int8, graph_pb2.GraphDef):
+        graph_def = int8
+    elif isinstance(getattr(int8, "graph_def", None), graph_pb2.GraphDef):  # a QuantizedModel or a FrozenGraph
         graph_def = int8.graph_def
     else:
-        graph_def = int8 if isinstance(int8, graph_pb2.GraphDef) else load_graph_def(int8)
+        graph_def = load_graph_def(int8)
     check_nodes_exist(graph_def, fp32.input_names, "input")
     check_nodes_exist(graph_def, fp32.output_names, "output")
     return FrozenGraph(graph_def, fp32.inputs, fp32.outputs)

@@ -213,7 +213,7 @@ def _summarize(args) -> int:
     from pathlib import Path
 
     import kquant
-    from kquant.converters.graph_def import GRAPH_SUFFIXES
+    from kquant.graph import GRAPH_SUFFIXES
 
     model = Path(args.model)
     if model.suffix.lower() in GRAPH_SUFFIXES:
@@ -250,7 +250,7 @@ def _transform(args) -> int:
     from pathlib import Path
 
     import kquant
-    from kquant.converters.graph_def import GRAPH_SUFFIXES
+    from kquant.graph import GRAPH_SUFFIXES
     from kquant.transforms import apply_transforms, optimize_for_inference_trans
 
     model = Path(args.model)

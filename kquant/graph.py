@@ -1,4 +1,4 @@
-"""GraphDef read and write (binary and text, atomic), tensor naming, and FrozenGraph."""
+"""GraphDef files read and written (binary and text, atomic), FrozenGraph and TensorSpec."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 from google.protobuf import message, text_format
-from tensorflow.core.framework import graph_pb2, node_def_pb2
-from tensorflow.python.framework import tensor_util
+from tensorflow.core.framework import graph_pb2
 
-from kquant.errors import first_line, ModelFormatError, NodeNotFoundError, OutputWriteError
+from kquant.errors import first_line, ModelFormatError, OutputWriteError
+from kquant.graphdef import node_name
 
 TEXT_SUFFIXES = (".pbtxt", ".txt", ".prototxt")
 GRAPH_SUFFIXES = (".pb",) + TEXT_SUFFIXES
@@ -53,28 +52,6 @@ class FrozenGraph:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the GraphDef to ``path`` (.pb binary, .pbtxt text), atomically."""
         return save_graph_def(self.graph_def, path)
-
-
-def node_name(tensor: str) -> str:
-    """``'^a'``, ``'a:1'`` or ``'a'`` -> ``'a'``."""
-    tensor = tensor.lstrip("^")
-    head, sep, tail = tensor.rpartition(":")
-    return head if sep and tail.isdigit() else tensor
-
-
-def tensor_name(name: str) -> str:
-    """``'a'`` -> ``'a:0'``; names that already carry an output index are kept."""
-    head, sep, tail = name.rpartition(":")
-    return name if sep and tail.isdigit() else f"{name}:0"
-
-
-def output_index(tensor: str) -> int:
-    head, sep, tail = tensor.rpartition(":")
-    return int(tail) if sep and tail.isdigit() else 0
-
-
-def is_control_input(name: str) -> bool:
-    return name.startswith("^")
 
 
 def parse_graph_def(data: bytes, *, text: bool, source: str = "graph") -> graph_pb2.GraphDef:
@@ -221,65 +198,3 @@ def check_output_is_not_input(output: str | os.PathLike, *inputs) -> None:
         if inside:
             raise OutputWriteError(f"the output {output} is inside the input directory {source}; write elsewhere "
                                    "(kquant never modifies its input)")
-
-
-def const_node(name: str, value, dtype=None) -> node_def_pb2.NodeDef:
-    """A Const node holding ``value`` (numpy array or scalar), optionally as ``dtype``."""
-    array = np.asarray(value)
-    proto = tensor_util.make_tensor_proto(array, dtype=dtype, shape=array.shape)
-    node = node_def_pb2.NodeDef(name=name, op="Const")
-    node.attr["dtype"].type = proto.dtype
-    node.attr["value"].tensor.CopyFrom(proto)
-    return node
-
-
-def nodes_by_name(graph_def: graph_pb2.GraphDef) -> dict:
-    return {node.name: node for node in graph_def.node}
-
-
-def consumers(graph_def: graph_pb2.GraphDef) -> dict[str, list]:
-    """Map node name -> the nodes that read any of its outputs (data edges only)."""
-    result: dict[str, list] = {node.name: [] for node in graph_def.node}
-    for node in graph_def.node:
-        for inp in node.input:
-            if not is_control_input(inp):
-                result.setdefault(node_name(inp), []).append(node)
-    return result
-
-
-def ancestors(nodes: dict, names) -> set[str]:
-    """The nodes named in ``names`` (nodes or tensors) and every node they depend on, through data and control
-    inputs; ``nodes``: name -> NodeDef."""
-    seen, pending = set(), [node_name(n) for n in names]
-    while pending:
-        name = pending.pop()
-        if name in seen or name not in nodes:
-            continue
-        seen.add(name)
-        pending.extend(node_name(inp) for inp in nodes[name].input)
-    return seen
-
-
-def extract_sub_graph(graph_def: graph_pb2.GraphDef, node_names) -> graph_pb2.GraphDef:
-    """The nodes that ``node_names`` need (through data and control inputs), in graph order, with library and versions."""
-    keep = ancestors(nodes_by_name(graph_def), node_names)
-    pruned = graph_pb2.GraphDef()
-    pruned.versions.CopyFrom(graph_def.versions)
-    pruned.library.CopyFrom(graph_def.library)
-    pruned.node.extend(node for node in graph_def.node if node.name in keep)
-    return pruned
-
-
-def check_nodes_exist(graph_def: graph_pb2.GraphDef, names, role: str) -> None:
-    """Raise NodeNotFoundError if any tensor or node in ``names`` is missing from the graph."""
-    known = {node.name for node in graph_def.node}
-    missing = [node_name(name) for name in names if node_name(name) not in known]
-    if missing:
-        from kquant.summarize import summarize_graph
-
-        summary = summarize_graph(graph_def)
-        hint = [i.name for i in summary.inputs] if role == "input" else [o.name for o in summary.outputs]
-        raise NodeNotFoundError(
-            f"unknown {role} node(s) {', '.join(missing)}; the graph's likely {role}s are "
-            f"{', '.join(hint) or '(none found)'} (run `kquant summarize MODEL` to list them)"
-        )

@@ -7,7 +7,7 @@ import difflib
 import re
 
 from kquant.errors import ConfigurationError
-from kquant.graph import node_name, nodes_by_name
+from kquant.graphdef import is_control_input, node_name, nodes_by_name
 
 _UNIQUE_SUFFIX = re.compile(r"_\d+$")
 
@@ -52,7 +52,7 @@ def _source_of_op(nodes, node, op, depth: int = 3):
     frontier = [node]
     for _ in range(depth):
         frontier = [nodes[node_name(inp)] for n in frontier for inp in n.input
-                    if not inp.startswith("^") and node_name(inp) in nodes]
+                    if not is_control_input(inp) and node_name(inp) in nodes]
         found = next((n.name for n in frontier if n.op == op), None)
         if found:
             return found

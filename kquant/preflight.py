@@ -112,7 +112,7 @@ def _abort_line(stderr: str) -> str:
 
 def _serve() -> None:
     """The child: run each folder named on stdin, answer on stdout; an ordinary error is the in-process run's to report."""
-    import kquant  # noqa: F401  (sets TensorFlow up as the parent has it)
+    from kquant import _startup  # noqa: F401  (sets TensorFlow up as the parent has it)
     from kquant.graph import load_graph_def
     from kquant.runtime import GraphRunner
 

@@ -10,9 +10,9 @@ import numpy as np
 from tensorflow.core.framework import graph_pb2, types_pb2
 from tensorflow.python.framework import dtypes
 
-from kquant.graph import FrozenGraph, is_control_input, load_graph_def, node_name
+from kquant.graph import FrozenGraph, load_graph_def
+from kquant.graphdef import StaticShapes, is_control_input, likely_inputs, likely_outputs, placeholder_shape
 
-NOT_OUTPUT_OPS = frozenset({"Const", "NoOp", "Placeholder", "PlaceholderWithDefault", "Assign", "AssignVariableOp", "VarHandleOp"})
 VARIABLE_OPS = frozenset({"Variable", "VariableV2", "VarHandleOp"})
 
 
@@ -90,14 +90,9 @@ class GraphSummary:
 def summarize_graph(path_or_graph) -> GraphSummary:
     """Summarize a GraphDef given as a .pb/.pbtxt path, a GraphDef or a FrozenGraph."""
     graph_def = _as_graph_def(path_or_graph)
-    used = set()
-    control_edges = 0
-    for node in graph_def.node:
-        for inp in node.input:
-            control_edges += is_control_input(inp)
-            used.add(node_name(inp))
-    inputs = tuple(_possible_input(n) for n in graph_def.node if n.op == "Placeholder")
-    outputs = tuple(PossibleOutput(n.name, n.op) for n in graph_def.node if n.name not in used and n.op not in NOT_OUTPUT_OPS)
+    control_edges = sum(is_control_input(inp) for node in graph_def.node for inp in node.input)
+    inputs = tuple(_possible_input(n) for n in likely_inputs(graph_def))
+    outputs = tuple(PossibleOutput(n.name, n.op) for n in likely_outputs(graph_def))
     const_parameters = const_bytes = variable_parameters = 0
     for node in graph_def.node:
         if node.op == "Const":
@@ -125,10 +120,8 @@ def _output_shapes(graph_def) -> dict[str, str]:
     """Node name -> its first output's inferred shape (``[?,28,28,1]``); empty when the graph does not import."""
     import tensorflow as tf
 
-    graph = tf.Graph()
     try:
-        with graph.as_default():
-            tf.graph_util.import_graph_def(graph_def, name="")
+        graph = StaticShapes(graph_def).graph
     except (ValueError, TypeError, tf.errors.OpError):
         return {}
     shapes = {}
@@ -166,12 +159,7 @@ def _as_graph_def(path_or_graph) -> graph_pb2.GraphDef:
 
 def _possible_input(node) -> PossibleInput:
     enum = node.attr["dtype"].type
-    shape_proto = node.attr["shape"].shape if "shape" in node.attr else None
-    if shape_proto is None or shape_proto.unknown_rank:
-        shape = None
-    else:
-        shape = tuple(None if d.size < 0 else d.size for d in shape_proto.dim)
-    return PossibleInput(node.name, dtype_display_name(enum), enum, shape)
+    return PossibleInput(node.name, dtype_display_name(enum), enum, placeholder_shape(node))
 
 
 def _tensor_size(tensor) -> tuple[int, int]:

@@ -11,12 +11,12 @@ from tensorflow.core.framework import graph_pb2
 from kquant.arguments import check_type, names_list
 from kquant.converters.checkpoint import freeze_with_checkpoint
 from kquant.converters.function import freeze_concrete_function
-from kquant.converters.graph_def import GRAPH_SUFFIXES, frozen_from_graph_def, with_input_shapes
+from kquant.converters.graph_def import frozen_from_graph_def, with_input_shapes
 from kquant.converters.keras import KERAS_SUFFIXES, freeze_keras_model, is_keras_model, load_keras_file
 from kquant.converters.saved_model import freeze_saved_model
 from kquant.errors import ConfigurationError, ModelFormatError, UnsafeModelError
 from kquant.files import checked_path
-from kquant.graph import SAVED_MODEL_FILES, FrozenGraph, load_graph_def
+from kquant.graph import GRAPH_SUFFIXES, SAVED_MODEL_FILES, FrozenGraph, load_graph_def
 
 __all__ = ["freeze"]
 

@@ -16,7 +16,7 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2, types_pb2
 
 from kquant.errors import ModelFormatError, ModelInputError, ModelNotFoundError, first_line
 from kquant.files import checked_path, checked_tree, reading
-from kquant.graph import const_node, check_nodes_exist, extract_sub_graph, is_control_input, node_name
+from kquant.graphdef import check_nodes_exist, const_node, extract_sub_graph, is_control_input, node_name
 from kquant.summarize import VARIABLE_OPS
 
 REF_VARIABLE_OPS = frozenset({"Variable", "VariableV2"})

@@ -7,7 +7,8 @@ import re
 from tensorflow.core.framework import node_def_pb2, types_pb2
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from kquant.graph import FrozenGraph, TensorSpec, node_name, output_index
+from kquant.graph import FrozenGraph, TensorSpec
+from kquant.graphdef import node_name, nodes_by_name, output_index
 
 _VALID_NODE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/>]*$")
 
@@ -57,7 +58,7 @@ def name_outputs(graph_def, outputs: list[TensorSpec], names: list[str]) -> list
     """
     taken = {node.name for node in graph_def.node}
     referenced = {node_name(inp) for node in graph_def.node for inp in node.input}
-    by_name = {node.name: node for node in graph_def.node}
+    by_name = nodes_by_name(graph_def)
     renamed = []
     for spec, wanted in zip(outputs, names):
         if not _VALID_NODE_NAME.match(wanted) or wanted in taken:

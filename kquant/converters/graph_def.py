@@ -7,8 +7,9 @@ from tensorflow.core.framework import graph_pb2
 from tensorflow.python.framework import dtypes
 
 from kquant.errors import ConfigurationError, first_line, ModelFormatError, ModelInputError
-from kquant.graph import (GRAPH_SUFFIXES, FrozenGraph, TensorSpec, check_nodes_exist, extract_sub_graph, node_name,
-                          nodes_by_name, tensor_name)
+from kquant.graph import FrozenGraph, TensorSpec
+from kquant.graphdef import (StaticShapes, check_nodes_exist, extract_sub_graph, node_name, nodes_by_name,
+                             placeholder_shape, tensor_name)
 from kquant.names import layer_outputs
 from kquant.summarize import VARIABLE_OPS, summarize_graph
 
@@ -75,19 +76,14 @@ def with_input_shapes(frozen: FrozenGraph, input_shapes) -> FrozenGraph:
 def _placeholder_spec(node, name: str) -> TensorSpec:
     if node.op not in ("Placeholder", "PlaceholderWithDefault"):
         return TensorSpec(name, _infer_dtype(node), None)
-    dtype = dtypes.as_dtype(node.attr["dtype"].type).name
-    shape_attr = node.attr["shape"].shape if "shape" in node.attr else None
-    if shape_attr is None or shape_attr.unknown_rank:
-        return TensorSpec(name, dtype, None)
-    return TensorSpec(name, dtype, tuple(None if d.size < 0 else d.size for d in shape_attr.dim))
+    return TensorSpec(name, dtypes.as_dtype(node.attr["dtype"].type).name, placeholder_shape(node))
 
 
 def _output_specs(graph_def, names) -> tuple[TensorSpec, ...]:
     """Output dtypes and shapes, read off the graph imported once (which also validates it)."""
+    shapes = StaticShapes(graph_def)
     try:
-        with tf.Graph().as_default() as graph:
-            tf.graph_util.import_graph_def(graph_def, name="")
-            tensors = [graph.get_tensor_by_name(name) for name in names]
+        tensors = [shapes.tensor(name) for name in names]
     except (ValueError, KeyError, TypeError, tf.errors.OpError) as exc:
         raise ModelFormatError(f"the graph does not import into TensorFlow ({first_line(exc)}); "
                                "it may be corrupt or use ops this TensorFlow lacks") from exc

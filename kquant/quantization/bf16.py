@@ -9,9 +9,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
-from tensorflow.python.framework import tensor_util
 
-from kquant.graph import node_name
+from kquant.graphdef import const_value, node_name, nodes_by_name
 from kquant.quantization import nodes as N
 from kquant.quantization.cpu import cpu_flags
 
@@ -26,7 +25,7 @@ def units_to_bf16(graph_def, units) -> graph_pb2.GraphDef:
     """A copy of ``graph_def`` where each unit's node chain computes in bfloat16."""
     result = graph_pb2.GraphDef()
     result.CopyFrom(graph_def)
-    nodes = {n.name: n for n in result.node}
+    nodes = nodes_by_name(result)
     for unit in units:
         first, last = nodes[unit.anchor], nodes[unit.output]
         cast_in = f"{unit.anchor}/to_bf16"
@@ -43,7 +42,7 @@ def units_to_bf16(graph_def, units) -> graph_pb2.GraphDef:
         float_consts = {c.name for c in read if c is not None and c.op == "Const" and c.attr["dtype"].type == tf.float32}
         for const_name in sorted(float_consts):  # weights, bias and an activation's constants (a GELU's)
             const = nodes[const_name]
-            value = tensor_util.MakeNdarray(const.attr["value"].tensor).astype(np.float32)
+            value = const_value(const).astype(np.float32)
             bf16 = N.const(f"{const_name}/bf16", tf.constant(value, tf.bfloat16).numpy(), tf.bfloat16)
             result.node.append(bf16)
             for name in unit.nodes:

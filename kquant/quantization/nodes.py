@@ -11,7 +11,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2, node_def_pb2
 
-from kquant.graph import const_node as const  # noqa: F401  (N.const in every lowering)
+from kquant.graphdef import const_node as const  # noqa: F401  (N.const in every lowering)
+
 
 
 def attr_value(value) -> attr_value_pb2.AttrValue:

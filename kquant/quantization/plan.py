@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from kquant.graph import ancestors
+from kquant.graphdef import GraphIndex, ancestors, const_shape
 from kquant.quantization.ops import BY_OP_TYPE, QUANTIZERS, PlanGraph, Unit
-from kquant.transforms.pattern import GraphIndex
 
 STEM_MAX_CHANNELS = 4  # grayscale, RGB or RGBA images
 WEIGHTED_OPS = frozenset(op for quantizer in QUANTIZERS if quantizer.weighted for op in quantizer.op_types)
@@ -54,11 +53,7 @@ def stem_convs(graph_def, units) -> list[str]:
     index = GraphIndex(graph_def)
     stems = []
     for unit in units:
-        if unit.quantizer.stem_candidate and _input_channels(index.by_name[unit.weights]) <= STEM_MAX_CHANNELS \
+        if unit.quantizer.stem_candidate and const_shape(index.by_name[unit.weights])[2] <= STEM_MAX_CHANNELS \
                 and not any(index.by_name[n].op in WEIGHTED_OPS for n in ancestors(index.by_name, [unit.data_input])):
             stems.append(unit.anchor)
     return stems
-
-
-def _input_channels(weights) -> int:
-    return weights.attr["value"].tensor.tensor_shape.dim[2].size  # HWIO, and HWIM for depthwise filters

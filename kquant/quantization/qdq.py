@@ -15,10 +15,9 @@ import numpy as np
 from tensorflow.core.framework import node_def_pb2
 from tensorflow.python.framework import tensor_util
 
-from kquant.graph import nodes_by_name
+from kquant.graphdef import const_value, nodes_by_name, output_channels
 from kquant.quantization.plan import tensors_read_as_int8
-from kquant.quantization.weights import dequantized_weights, output_channels, quantize_weights
-from kquant.transforms.folding import const_value
+from kquant.quantization.weights import dequantized_weights, quantize_weights
 
 
 class QdqPoints:
@@ -36,10 +35,11 @@ class QdqPoints:
         for unit in units:
             unit.quantizer.qdq(unit, self)
 
-    def round_weights(self, unit, *, per_channel: bool, depthwise: bool) -> None:
+    def round_weights(self, unit, *, per_channel: bool) -> None:
         weights = const_value(self._nodes[unit.weights])
-        q, w_max = quantize_weights(weights, per_channel, depthwise)
-        exact = dequantized_weights(q, w_max, output_channels(weights.shape, depthwise))
+        channels = output_channels(self._nodes[unit.anchor], weights.shape)
+        q, w_max = quantize_weights(weights, channels, per_channel)
+        exact = dequantized_weights(q, w_max, channels)
         self.weights[unit.weights] = exact.reshape(weights.shape).astype(np.float32)
 
     def round(self, tensor: str, tensor_range: tuple | None = None) -> None:

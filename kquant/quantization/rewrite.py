@@ -16,14 +16,12 @@ import tensorflow as tf
 from tensorflow.core.framework import graph_pb2
 
 from kquant.errors import first_line
-from kquant.graph import extract_sub_graph, node_name, tensor_name
+from kquant.graphdef import GraphIndex, StaticShapes, extract_sub_graph, node_name, tensor_name
 from kquant.quantization import nodes as N
 from kquant.quantization.encoding import QTensor, RewriteOptions, qint8_bound, zero_exact
 from kquant.quantization.ops import Unit
 from kquant.quantization.ops.residual import summand_readers_first
 from kquant.quantization.plan import tensors_read_as_int8
-from kquant.transforms.folding import StaticShapes
-from kquant.transforms.pattern import GraphIndex
 
 
 def rewrite_graph(graph_def, units: list[Unit], ranges: dict, outputs, options: RewriteOptions = RewriteOptions(),

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from kquant.errors import CalibrationDataError, ConfigurationError
-from kquant.graph import atomic_write, node_name
+from kquant.graph import atomic_write
+from kquant.graphdef import node_name
 from kquant.quantization.plan import tensors_to_calibrate
 from kquant.quantization.ranges import valid_range
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 
-def quantize_weights(weights: np.ndarray, per_channel: bool, depthwise: bool, pair_safe: bool = False):
-    """Symmetric int8 weights (per output channel or per tensor); returns (q, max) with q * max / 127 ~ weights.
+def quantize_weights(weights: np.ndarray, channels: int, per_channel: bool, pair_safe: bool = False):
+    """Symmetric int8 weights (per output channel, the ``channels`` of its last axes, or per tensor); returns
+    (q, max) with q * max / 127 ~ weights.
 
     ``pair_safe`` scales by the largest same-sign sum of an input-channel pair (2k, 2k+1) instead of the
     largest magnitude, so |q_2k + q_2k+1| <= 128 and 255 * 128 fits the int16 sum oneDNN forms without VNNI.
     """
-    channels = output_channels(weights.shape, depthwise)
     magnitude = _pair_sums(weights) if pair_safe else np.abs(weights)
     w_max = magnitude.reshape(-1, channels).max(axis=0) if per_channel else np.asarray(magnitude.max())
     # A dead channel (weights ~1e-33 after batch-norm folding) would get a scale so large that the kernel's
@@ -25,11 +25,6 @@ def quantize_weights(weights: np.ndarray, per_channel: bool, depthwise: bool, pa
 def dequantized_weights(q: np.ndarray, w_max, channels: int) -> np.ndarray:
     """The float values int8 weights stand for, as [taps * inputs, channels] (``w_max`` per channel or one)."""
     return q.astype(np.float64).reshape(-1, channels) * (w_max / 127.0)
-
-
-def output_channels(shape, depthwise: bool) -> int:
-    """Output channels of a filter: HWIO's O, HWIM's I * M (depthwise), a [K, N] matrix's N."""
-    return shape[2] * shape[3] if depthwise else shape[-1]
 
 
 def _pair_sums(weights: np.ndarray) -> np.ndarray:

@@ -12,7 +12,8 @@ from tensorflow.core.framework import graph_pb2
 
 from kquant.arguments import check_type, invalid, names_list
 from kquant.errors import KQuantError, TransformError, first_line
-from kquant.graph import FrozenGraph, check_nodes_exist, check_output_is_not_input, load_graph_def, node_name, save_graph_def
+from kquant.graph import FrozenGraph, check_output_is_not_input, load_graph_def, save_graph_def
+from kquant.graphdef import check_nodes_exist, node_name
 from kquant.summarize import summarize_graph
 from kquant.transforms.context import TransformContext
 from kquant.transforms.parse import TransformSpec, parse_transforms

@@ -1,13 +1,11 @@
-"""Shared by the folding transforms: constants, per-channel vectors, static shapes, and folding y = conv(x, W)*scale + shift into W and a bias."""
+"""Shared by the folding transforms: conv patterns, per-channel vectors, and folding y = conv(x, W)*scale + shift into W and a bias."""
 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
-from tensorflow.python.framework import tensor_util
 
-from kquant.graph import const_node, is_control_input, node_name
+from kquant.graphdef import const_node, const_value, data_format, is_control_input, node_name
 from kquant.transforms.pattern import P
 
 CONV_OPS = "Conv2D|DepthwiseConv2dNative|MatMul"
@@ -18,22 +16,6 @@ PER_CHANNEL_OPS = ELEMENTWISE_OPS | BINARY_OPS | {"BiasAdd"}
 
 CONV = P(CONV_OPS, "conv", P("*", "x"), P("Const", "weights"))
 BIASED_CONV = P("BiasAdd", "bias_add", CONV, P("Const", "bias"))
-
-
-def const_value(node) -> np.ndarray:
-    return tensor_util.MakeNdarray(node.attr["value"].tensor)
-
-
-def data_format(node) -> str:
-    return node.attr["data_format"].s.decode() if "data_format" in node.attr else "NHWC"
-
-
-def output_channels(conv, weights: np.ndarray) -> int:
-    if conv.op == "MatMul":
-        return weights.shape[0] if conv.attr["transpose_b"].b else weights.shape[1]
-    if conv.op == "DepthwiseConv2dNative":
-        return weights.shape[2] * weights.shape[3]
-    return weights.shape[3]
 
 
 def channel_vector(value: np.ndarray, channels: int, fmt: str = "NHWC", rank: int = 4) -> np.ndarray | None:
@@ -99,19 +81,3 @@ def varies_only_along_channels(op, name: str, index) -> bool:
     constant = index.by_name.get(data[1 - data.index(name)]) if len(data) == 2 else None
     return (op.op in BINARY_OPS and constant is not None and constant.op == "Const" and const_value(constant).ndim <= 1
             and (op.op not in ("Sub", "RealDiv") or data[0] == name))
-
-
-class StaticShapes:
-    """Static tensor shapes, from importing the graph into TensorFlow once, when first asked."""
-
-    def __init__(self, graph_def):
-        self.graph_def = graph_def
-        self.graph = None
-
-    def of(self, tensor: str) -> list | None:
-        if self.graph is None:
-            self.graph = tf.Graph()
-            with self.graph.as_default():
-                tf.graph_util.import_graph_def(self.graph_def, name="")
-        shape = self.graph.get_tensor_by_name(tensor if ":" in tensor else f"{tensor}:0").shape
-        return None if shape.rank is None else shape.as_list()

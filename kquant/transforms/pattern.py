@@ -20,7 +20,7 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.python.framework import op_def_registry
 
 from kquant.errors import first_line
-from kquant.graph import is_control_input, node_name, output_index
+from kquant.graphdef import GraphIndex, is_control_input, node_name, output_index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,55 +58,6 @@ class Match:
 
     def __getitem__(self, label: str) -> node_def_pb2.NodeDef:
         return self.nodes[label]
-
-
-class GraphIndex:
-    """Read-only lookups over a GraphDef: nodes by name, their consumers, an order, fresh names."""
-
-    def __init__(self, graph_def: graph_pb2.GraphDef):
-        self.graph_def = graph_def
-        self.by_name = {node.name: node for node in graph_def.node}
-        self.readers: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
-        for node in graph_def.node:
-            for inp in node.input:
-                self.readers[node_name(inp)].append((node.name, inp))
-        self._taken = set(self.by_name)
-
-    def data_inputs(self, node) -> list[str]:
-        return [inp for inp in node.input if not is_control_input(inp)]
-
-    def consumers(self, name: str) -> set[str]:
-        """Names of the nodes that read ``name`` through a data or a control edge."""
-        return {reader for reader, _ in self.readers.get(name, ())}
-
-    def only_reader(self, name: str):
-        """The one node reading ``name``, through its first output and a data edge; None if there is not exactly one."""
-        readers = self.readers.get(name, [])
-        if len(readers) != 1 or is_control_input(readers[0][1]) or output_index(readers[0][1]) != 0:
-            return None
-        return self.by_name[readers[0][0]]
-
-    def unique_name(self, base: str) -> str:
-        name, n = base, 1
-        while name in self._taken:
-            name, n = f"{base}_{n}", n + 1
-        self._taken.add(name)
-        return name
-
-    def topological_order(self) -> list[node_def_pb2.NodeDef]:
-        """Nodes with every input before its readers; nodes on a cycle keep their place at the end."""
-        pending = {node.name: len({node_name(i) for i in node.input} & self.by_name.keys()) for node in self.graph_def.node}
-        ready = collections.deque(name for name, count in pending.items() if count == 0)
-        order = []
-        while ready:
-            name = ready.popleft()
-            order.append(self.by_name[name])
-            for reader in sorted(self.consumers(name)):
-                pending[reader] -= 1
-                if pending[reader] == 0:
-                    ready.append(reader)
-        seen = {node.name for node in order}
-        return order + [node for node in self.graph_def.node if node.name not in seen]
 
 
 Rewrite = Callable[[Match, GraphIndex], "list[node_def_pb2.NodeDef] | None"]

@@ -5,7 +5,7 @@ import pytest
 
 import kquant
 from kquant.errors import ConfigurationError
-from kquant.graph import node_name
+from kquant.graphdef import node_name
 from kquant.quantization.plan import stem_convs
 from kquant.quantization.pipeline import optimize, plan
 

@@ -12,6 +12,7 @@ from tensorflow.core.framework import graph_pb2
 from tensorflow.python.framework import tensor_util
 
 import kquant
+from kquant.graphdef import const_value, node_name, nodes_by_name
 from kquant.transforms import optimize_for_inference
 
 FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures"
@@ -23,13 +24,13 @@ def mobilenet_v2_graph_def():
     """The fixture with its stand-in batch-norm variances made positive, so that the model computes numbers, not NaN."""
     graph_def = graph_pb2.GraphDef()
     graph_def.ParseFromString(gzip.decompress(MOBILENET.read_bytes()))
-    nodes = {n.name: n for n in graph_def.node}
+    nodes = nodes_by_name(graph_def)
     for node in graph_def.node:
         if node.op.startswith("FusedBatchNorm"):
-            variance = nodes[node.input[4].split(":")[0]]
+            variance = nodes[node_name(node.input[4])]
             while variance.op == "Identity":
-                variance = nodes[variance.input[0].split(":")[0]]
-            value = tensor_util.MakeNdarray(variance.attr["value"].tensor)
+                variance = nodes[node_name(variance.input[0])]
+            value = const_value(variance)
             variance.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(np.abs(value) + 1e-3))
     return graph_def
 
@@ -67,11 +68,11 @@ def test_mobilenet_v2_quantizes_and_runs(tmp_path):
 
 def with_explicit_depthwise_padding(graph_def):
     """The form kquant made before: each Pad before a DepthwiseConv2dNative folded into padding="EXPLICIT"."""
-    nodes = {n.name: n for n in graph_def.node}
+    nodes = nodes_by_name(graph_def)
     for node in graph_def.node:
         source = nodes.get(node.input[0]) if node.op == "DepthwiseConv2dNative" else None
         if source is not None and source.op == "Pad":
-            paddings = tensor_util.MakeNdarray(nodes[source.input[1]].attr["value"].tensor)
+            paddings = const_value(nodes[source.input[1]])
             node.input[0] = source.input[0]
             node.attr["padding"].s = b"EXPLICIT"
             node.attr["explicit_paddings"].list.i[:] = [int(v) for v in paddings.reshape(-1)]

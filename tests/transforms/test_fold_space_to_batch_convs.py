@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import kquant
-from kquant.transforms.folding import const_value
+from kquant.graphdef import const_value
 from kquant.transforms import optimize_for_inference_trans
 from tests.quantization.test_random_architectures import assert_tracks_exact_8bit
 

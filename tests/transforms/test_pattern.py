@@ -2,7 +2,8 @@
 
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
-from kquant.transforms.pattern import P, GraphIndex, match_at, replace_matching
+from kquant.graphdef import GraphIndex
+from kquant.transforms.pattern import P, match_at, replace_matching
 
 
 def graph(*nodes) -> graph_pb2.GraphDef:

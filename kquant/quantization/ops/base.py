@@ -12,9 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from kquant.graph import tensor_name
-from kquant.transforms.folding import const_value
-from kquant.transforms.pattern import GraphIndex, Match, match_at
+from kquant.graphdef import GraphIndex, const_value, tensor_name
+from kquant.transforms.pattern import Match, match_at
 
 if TYPE_CHECKING:  # the lowering context and the QDQ builder call the quantizers, never the other way round
     from kquant.quantization.encoding import QTensor

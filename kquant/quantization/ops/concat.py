@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from kquant.graph import node_name, tensor_name
+from kquant.graphdef import const_value, node_name, tensor_name
 from kquant.quantization import nodes as N
 from kquant.quantization.encoding import QTensor
 from kquant.quantization.ops.base import OpQuantizer, PlanGraph, Unit
-from kquant.transforms.folding import const_value
 
 
 class Concat(OpQuantizer):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from kquant.graphdef import output_channels
 from kquant.quantization import nodes as N
 from kquant.quantization.ops import weighted
 from kquant.quantization.ops.base import Unit
@@ -58,8 +59,8 @@ class Convolution(weighted.WeightedQuantizer):
         x = lowering.input(unit.data_input, unit)
         weights = weighted.weights_of(unit, lowering)
         depthwise = self.family == "depthwise"
-        channels = self.output_channels(weights.shape)
-        q_weights, w_max = quantize_weights(weights, lowering.options.per_channel, depthwise,
+        channels = output_channels(anchor, weights.shape)
+        q_weights, w_max = quantize_weights(weights, channels, lowering.options.per_channel,
                                             pair_safe=lowering.pair_safe(x) and not depthwise)
         lo, hi, dtype, out_shift = weighted.output_range(unit, lowering)
         base, k = f"{unit.output}_int8", lowering.const_scope()
@@ -103,7 +104,7 @@ class Convolution(weighted.WeightedQuantizer):
                            conv_attrs)
 
     def qdq(self, unit: Unit, points) -> None:
-        points.round_weights(unit, per_channel=True, depthwise=self.family == "depthwise")
+        points.round_weights(unit, per_channel=True)
         points.round(unit.output_tensor)
         points.enter(unit.data_input)
         if unit.summand:

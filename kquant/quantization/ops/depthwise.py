@@ -7,12 +7,11 @@ import dataclasses
 
 import tensorflow as tf
 
-from kquant.graph import node_name, tensor_name
+from kquant.graphdef import const_value, node_name, tensor_name
 from kquant.quantization import nodes as N
 from kquant.quantization.ops import weighted
 from kquant.quantization.ops.base import PlanGraph, Unit
 from kquant.quantization.ops.convolution import Convolution, _with_attrs
-from kquant.transforms.folding import const_value
 
 
 class DepthwiseConvolution(Convolution):
@@ -28,9 +27,6 @@ class DepthwiseConvolution(Convolution):
             return unit
         return dataclasses.replace(unit, nodes=(unit.anchor, pad.name, *unit.nodes[1:]),
                                    data_input=tensor_name(pad.input[0]), pad=pad.name)
-
-    def output_channels(self, weights_shape) -> int:
-        return weights_shape[2] * weights_shape[3]
 
     def anchor(self, unit: Unit, lowering):
         """The conv, with the Pad before it (if the unit took one) as its explicit padding."""

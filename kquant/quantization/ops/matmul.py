@@ -9,7 +9,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from kquant.graph import tensor_name
+from kquant.graphdef import tensor_name
 from kquant.quantization import nodes as N
 from kquant.quantization.encoding import QTensor
 from kquant.quantization.ops import weighted
@@ -67,7 +67,7 @@ class MatMul(weighted.WeightedQuantizer):
             lowering.options.kernels == "onednn" or not unit.activation)
         x = lowering.input(unit.data_input, unit)
         weights = weighted.weights_of(unit, lowering)
-        q_weights, w_max = quantize_weights(weights, per_channel=False, depthwise=False, pair_safe=lowering.pair_safe(x))
+        q_weights, w_max = quantize_weights(weights, weights.shape[1], per_channel=False, pair_safe=lowering.pair_safe(x))
         base, k = f"{unit.output}_int8", lowering.const_scope()
         lo, hi, dtype, out_shift = weighted.output_range(unit, lowering)
         # a linear output is shifted through the bias; after an activation the kernel requantizes MIN_FIRST to [low, high]
@@ -95,7 +95,7 @@ class MatMul(weighted.WeightedQuantizer):
         return lowering.shifted_output(base, k, dtype, out_shift)
 
     def qdq(self, unit: Unit, points) -> None:
-        points.round_weights(unit, per_channel=False, depthwise=False)
+        points.round_weights(unit, per_channel=False)
         if unit.output_tensor in points.read_as_int8:  # read only by fp32 ops, it dequantizes in its kernel, unrounded
             points.round(unit.output_tensor)
         points.enter(unit.data_input)

@@ -6,7 +6,7 @@ import dataclasses
 
 import tensorflow as tf
 
-from kquant.graph import node_name
+from kquant.graphdef import node_name
 from kquant.quantization import nodes as N
 from kquant.quantization.ops.base import OpQuantizer, PlanGraph, Unit, pass_through_unit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from kquant.graph import ancestors, is_control_input, node_name, nodes_by_name, tensor_name
+from kquant.graphdef import ancestors, is_control_input, node_name, nodes_by_name, tensor_name
 from kquant.transforms.pattern import P
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from kquant.graph import is_control_input, node_name, tensor_name
+from kquant.graphdef import const_shape, const_value, is_control_input, node_name, output_channels, tensor_name
 from kquant.quantization.encoding import qint8_bound, zero_exact
 from kquant.quantization.ops.base import NON_NEGATIVE_ACTIVATIONS, OpQuantizer, PlanGraph, Unit, claim_chain
 from kquant.quantization.ops.residual import residual_sum
 from kquant.quantization.ranges import MIN_RANGE_WIDTH
-from kquant.transforms.folding import const_value
 from kquant.transforms.pattern import P
 
 BIAS_OPS = "BiasAdd|Add|AddV2"
@@ -56,17 +55,11 @@ class WeightedQuantizer(OpQuantizer):
         needed = {unit.output_tensor, unit.data_input}
         return needed | ({unit.summand, f"{unit.pre_sum}:0"} if unit.summand else set())
 
-    def output_channels(self, weights_shape) -> int:
-        return weights_shape[-1]
-
     def _consistent(self, match, index) -> bool:
         """The bias is one value per output channel; a residual Add's other input is a computed tensor."""
         found = match.nodes
-        if "bias" in found:
-            dims = found["bias"].attr["value"].tensor.tensor_shape.dim
-            weights = [d.size for d in found["weights"].attr["value"].tensor.tensor_shape.dim]
-            if len(dims) != 1 or dims[0].size != self.output_channels(weights):
-                return False
+        if "bias" in found and const_shape(found["bias"]) != (output_channels(found["anchor"], const_shape(found["weights"])),):
+            return False
         if "sum" in found:
             summand = index.by_name.get(node_name(match.tensors["summand"]))
             pre_sum = found.get("bias_add") or found["anchor"]

@@ -19,14 +19,9 @@ from __future__ import annotations
 import numpy as np
 from tensorflow.core.framework import graph_pb2
 
-from kquant.graph import const_node, is_control_input, node_name, output_index
-from kquant.transforms.folding import (
-    PER_CHANNEL_OPS,
-    const_value,
-    data_format,
-    varies_only_along_channels,
-)
-from kquant.transforms.pattern import GraphIndex, prune_unused
+from kquant.graphdef import GraphIndex, const_node, const_value, data_format, is_control_input, node_name, output_index
+from kquant.transforms.folding import PER_CHANNEL_OPS, varies_only_along_channels
+from kquant.transforms.pattern import prune_unused
 from kquant.transforms.registry import register
 
 FOUR_D_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative", "MaxPool", "AvgPool"})

@@ -6,7 +6,8 @@ scalar or per-channel constant.
 
 from __future__ import annotations
 
-from kquant.transforms.folding import BIASED_CONV, channel_vector, const_value, conv_bias, data_format, fold_affine_into_conv, output_channels
+from kquant.graphdef import const_value, data_format, output_channels
+from kquant.transforms.folding import BIASED_CONV, channel_vector, conv_bias, fold_affine_into_conv
 from kquant.transforms.pattern import P, replace_matching
 from kquant.transforms.registry import register
 
@@ -21,7 +22,7 @@ def fold_convolutionwithbias_mul(graph_def, context):
 
 def _fold(match, index):
     conv = match["conv"]
-    channels = output_channels(conv, const_value(match["weights"]))
+    channels = output_channels(conv, const_value(match["weights"]).shape)
     scale = channel_vector(const_value(match["scale"]), channels, data_format(conv), 2 if conv.op == "MatMul" else 4)
     if scale is None:
         return None

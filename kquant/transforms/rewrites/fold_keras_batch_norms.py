@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kquant.transforms.folding import BIASED_CONV, CONV, channel_vector, const_value, conv_bias, data_format, fold_affine_into_conv, output_channels
+from kquant.graphdef import const_value, data_format, output_channels
+from kquant.transforms.folding import BIASED_CONV, CONV, channel_vector, conv_bias, fold_affine_into_conv
 from kquant.transforms.pattern import P, replace_matching
 from kquant.transforms.registry import register
 
@@ -45,7 +46,7 @@ def fold_keras_batch_norms(graph_def, context):
 
 def _fold(match, index):
     conv = match["conv"]
-    channels = output_channels(conv, const_value(match["weights"]))
+    channels = output_channels(conv, const_value(match["weights"]).shape)
     fmt, rank = data_format(conv), 2 if conv.op == "MatMul" else 4
     if "norm" in match.nodes:
         affine = _batch_norm_affine(match, channels, fmt)

@@ -16,9 +16,8 @@ from __future__ import annotations
 import numpy as np
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
-from kquant.graph import const_node, is_control_input, node_name, output_index
-from kquant.transforms.folding import const_value, data_format
-from kquant.transforms.pattern import GraphIndex, prune_unused
+from kquant.graphdef import GraphIndex, const_node, const_value, data_format, is_control_input, node_name, output_index
+from kquant.transforms.pattern import prune_unused
 from kquant.transforms.registry import register
 
 CONV_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative"})

@@ -10,9 +10,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from kquant.graph import node_name
-from kquant.graph import const_node
-from kquant.transforms.folding import StaticShapes, const_value
+from kquant.graphdef import StaticShapes, const_node, const_value, node_name
 from kquant.transforms.pattern import P, replace_matching
 from kquant.transforms.registry import register
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 import numpy as np
 from tensorflow.core.framework import node_def_pb2
 
-from kquant.graph import const_node
-from kquant.transforms.folding import (BIASED_CONV, CONV, CONV_OPS, channel_vector, const_value, conv_bias, data_format,
-                                       fold_affine_into_conv, output_channels)
+from kquant.graphdef import const_node, const_value, data_format, output_channels
+from kquant.transforms.folding import BIASED_CONV, CONV, CONV_OPS, channel_vector, conv_bias, fold_affine_into_conv
 from kquant.transforms.pattern import P, replace_matching
 from kquant.transforms.registry import register
 
@@ -65,7 +64,7 @@ def _affine(match, channels: int, fmt: str, rank: int, scale: np.ndarray, shift:
 
 def _fold_after(match, index):
     conv = match["conv"]
-    channels = output_channels(conv, const_value(match["weights"]))
+    channels = output_channels(conv, const_value(match["weights"]).shape)
     rank = 2 if conv.op == "MatMul" else 4
     affine = _affine(match, channels, data_format(conv), rank, np.ones(channels), conv_bias(match, channels))
     return None if affine is None else fold_affine_into_conv(match, index, *affine)

@@ -22,14 +22,10 @@ from __future__ import annotations
 import numpy as np
 from tensorflow.core.framework import graph_pb2, node_def_pb2, types_pb2
 
-from kquant.graph import const_node, is_control_input, node_name, output_index
-from kquant.transforms.folding import (
-    PER_CHANNEL_OPS,
-    StaticShapes,
-    const_value,
-    data_format,
-)
-from kquant.transforms.pattern import GraphIndex, prune_unused
+from kquant.graphdef import (GraphIndex, StaticShapes, const_node, const_value, data_format, is_control_input, node_name,
+                             output_index)
+from kquant.transforms.folding import PER_CHANNEL_OPS
+from kquant.transforms.pattern import prune_unused
 from kquant.transforms.registry import register
 
 PRODUCT_OPS = frozenset({"BatchMatMul", "BatchMatMulV2", "Einsum"})  # with a constant: how EinsumDense runs

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
-from kquant.graph import const_node, is_control_input, node_name
-from kquant.transforms.folding import StaticShapes, const_value
+from kquant.graphdef import StaticShapes, const_node, const_value, is_control_input, node_name, nodes_by_name
 from kquant.transforms.pattern import prune_unused
 from kquant.transforms.registry import register
 
@@ -27,7 +26,7 @@ CONV_ATTRS = ("strides", "padding", "explicit_paddings", "dilations", "data_form
 @register("inline_conv_calls")
 def inline_conv_calls(graph_def, context):
     functions = {f.signature.name: f for f in graph_def.library.function}
-    nodes = {n.name: n for n in graph_def.node}
+    nodes = nodes_by_name(graph_def)
     shapes = StaticShapes(graph_def)
     replacements, replaced_filters = {}, []
     for call in graph_def.node:

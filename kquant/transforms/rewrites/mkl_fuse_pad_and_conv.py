@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from tensorflow.core.framework import node_def_pb2
 
-from kquant.transforms.folding import const_value, data_format
+from kquant.graphdef import const_value, data_format
 from kquant.transforms.pattern import P, replace_matching
 from kquant.transforms.registry import register
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 from tensorflow.core.framework import graph_pb2
 
 from kquant.errors import TransformError
-from kquant.graph import is_control_input, node_name, tensor_name
-from kquant.transforms.pattern import GraphIndex, prune_unused
+from kquant.graphdef import GraphIndex, is_control_input, node_name, tensor_name
+from kquant.transforms.pattern import prune_unused
 from kquant.transforms.registry import register
 
 PASS_THROUGH_OPS = frozenset({"Identity", "NoOp"})

@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from kquant.graph import is_control_input
+from kquant.graphdef import is_control_input
 
 from .conftest import constant, lowered
 
