@@ -88,7 +88,7 @@ def _pad_before(conv, explicit, index) -> list:
 
 def _chain(batch_to_space, index, protected):
     """(SpaceToBatchND, its reader, the conv, the BatchToSpaceND's input, the conv's spatial axes the blocks cover)
-    if ``batch_to_space`` ends a foldable chain; the reader and input are the conv, or the 1-D form's ExpandDims and Squeeze."""
+    if ``batch_to_space`` (a BatchToSpaceND) ends a foldable chain; the reader and input are the conv, or the 1-D form's ExpandDims and Squeeze."""
     inner = _single_reader_input(batch_to_space, index, protected)
     squeeze = inner if inner is not None and inner.op == "Squeeze" else None
     conv = _single_reader_input(squeeze, index, protected) if squeeze is not None else inner
