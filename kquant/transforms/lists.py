@@ -51,6 +51,15 @@ optimizing_for_deployment_trans = get_optimizing_for_deployment_for_shape(DEFAUL
 fix_missing_kernel_errors_trans = get_fix_missing_kernel_errors_for_shape(DEFAULT_SHAPE)
 optimize_quantize_weights_trans = get_optimize_quantize_weights_for_shape(DEFAULT_SHAPE)
 
+# a Dense on a sequence and an EinsumDense as MatMul -> bias -> activation (also runnable as fold_tensordot_matmuls)
+fold_tensordot_matmuls_trans = [
+    "rewrite_einsum_dense_as_matmuls",
+    "fold_tensordot_shapes",
+    "remove_redundant_reshapes",
+    "sink_tensordot_reshapes",
+    "remove_redundant_reshapes",
+]
+
 # kquant's list for frozen Keras 3 / tf_keras graphs before int8 quantization: the deployment list with the
 # freezing leftovers removed first (they block the stock folds) and the folds the stock tool cannot do.
 optimize_for_inference_trans = [
@@ -61,7 +70,7 @@ optimize_for_inference_trans = [
     "fold_constants(ignore_errors=true)",
     "fold_space_to_batch_convs",
     "fold_conv1d_squeezes",
-    "fold_tensordot_matmuls",
+    *fold_tensordot_matmuls_trans,
     "fold_keras_batch_norms",
     "fold_batch_norms",
     "fold_old_batch_norms",

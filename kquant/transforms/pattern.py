@@ -86,8 +86,7 @@ def replace_matching(graph_def: graph_pb2.GraphDef, patterns, rewrite: Rewrite, 
             try:
                 new_nodes = rewrite(match, index)
             except Exception as exc:  # a form the rewrite did not foresee: keep it, the rest of the graph still folds
-                warnings.warn(f"{transform} left {node.name} ({node.op}) as it was: it could not rewrite it "
-                              f"({type(exc).__name__}: {first_line(exc)})", stacklevel=2)
+                warn_left_as_it_was(transform, node, exc)
                 kept.update(inner.name for inner in match.matched)
                 break
             if new_nodes is None:
@@ -99,6 +98,12 @@ def replace_matching(graph_def: graph_pb2.GraphDef, patterns, rewrite: Rewrite, 
     if not replacements:
         return graph_def
     return _assemble(graph_def, index, replacements, removed, protected)
+
+
+def warn_left_as_it_was(transform: str, node, exc: Exception) -> None:
+    """The one warning of a transform that left the subgraph at ``node`` as it was because rewriting it raised ``exc``."""
+    warnings.warn(f"{transform} left {node.name} ({node.op}) as it was: it could not rewrite it "
+                  f"({type(exc).__name__}: {first_line(exc)})", stacklevel=3)
 
 
 def match_at(pattern: P, node, index: GraphIndex) -> Match | None:

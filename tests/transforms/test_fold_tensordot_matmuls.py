@@ -1,4 +1,5 @@
-"""fold_tensordot_matmuls: Dense layers on sequences and attention's projections run as 2-D MatMuls, each followed by its bias."""
+"""The tensordot transforms together (kquant's list, and fold_tensordot_matmuls, one name for them): Dense layers on
+sequences and attention's projections run as 2-D MatMuls, each followed by its bias."""
 
 import numpy as np
 import pytest
@@ -6,13 +7,12 @@ import tensorflow as tf
 
 import kquant
 from kquant.transforms import optimize_for_inference_trans
+from kquant.transforms.lists import fold_tensordot_matmuls_trans
 from tests.quantization.test_random_architectures import assert_tracks_exact_8bit
 
 from .conftest import (
     Case,
     assert_ops,
-    case_from_function,
-    constant,
     count_ops,
     outputs_of,
     transformed,
@@ -44,7 +44,7 @@ def matmul_readers(graph):
 @pytest.mark.parametrize("library", ["keras", "tf_keras"])
 def test_dense_layers_on_a_sequence_are_matmuls_followed_by_their_bias(library):
     case = sequence_case(pytest.importorskip(library))
-    before = count_ops(transformed(case, [t for t in optimize_for_inference_trans if t != "fold_tensordot_matmuls"]))
+    before = count_ops(transformed(case, [t for t in optimize_for_inference_trans if t not in fold_tensordot_matmuls_trans]))
     assert before["Transpose"] == 3 and before["GatherV2"] == 6  # each Dense computes its shapes at run time
     result = transformed(case, optimize_for_inference_trans)
     assert_ops(result, Transpose=0, GatherV2=0, ConcatV2=0, MatMul=4, BiasAdd=4)
@@ -54,6 +54,18 @@ def test_dense_layers_on_a_sequence_are_matmuls_followed_by_their_bias(library):
     while node.op != "MatMul":
         node = nodes[next(i for i in node.input if nodes[i.split(":")[0]].op != "Const").split(":")[0]]
         assert node.op != "Reshape"
+
+
+def test_fold_tensordot_matmuls_is_the_tensordot_transforms_in_the_list_order():
+    import keras
+
+    case = sequence_case(keras)
+    prepared = transformed(case, optimize_for_inference_trans[:optimize_for_inference_trans.index(fold_tensordot_matmuls_trans[0])])
+    prepared_case = Case(prepared, case.inputs, case.expected)
+    by_name = transformed(prepared_case, ["fold_tensordot_matmuls"]).graph_def
+    by_list = transformed(prepared_case, fold_tensordot_matmuls_trans).graph_def
+    assert by_name.SerializeToString(deterministic=True) == by_list.SerializeToString(deterministic=True)
+    assert count_ops(by_name)["Transpose"] == 0 < count_ops(prepared)["Transpose"]
 
 
 def test_quantized_dense_layers_on_a_sequence_form_one_int8_chain():
@@ -103,7 +115,7 @@ def test_attention_projections_and_einsum_dense_are_matmuls_followed_by_their_bi
     model = attention_net(pytest.importorskip(library))
     x = np.random.default_rng(0).standard_normal((3, 10, 12)).astype(np.float32)
     case = Case(kquant.freeze(model), [x], [model(x).numpy()])
-    before = count_ops(transformed(case, [t for t in optimize_for_inference_trans if t != "fold_tensordot_matmuls"]))
+    before = count_ops(transformed(case, [t for t in optimize_for_inference_trans if t not in fold_tensordot_matmuls_trans]))
     assert before["BatchMatMulV2"] + before["Einsum"] == 8  # 6 projections by a constant, 2 of activations
     result = transformed(case, optimize_for_inference_trans)
     assert_ops(result, BatchMatMulV2=0, Einsum=2, MatMul=9)  # attention's scores and mix stay products of activations
@@ -140,39 +152,6 @@ def test_quantized_dense_layers_on_a_sequence_of_unknown_length_dequantize_nothi
     for shape in (n for n in qmodel.graph_def.node if n.op == "Shape"):  # each sequence's sizes read from the input
         assert nodes[shape.input[0].split(":")[0]].op == "Placeholder"
     assert np.abs(qmodel.predict(x[32:]) - model.predict(x[32:], verbose=0)).max() < 0.1
-
-
-def test_shapes_of_products_on_a_sequence_of_unknown_length_are_read_from_the_input_whatever_the_node_order():
-    w1, b1, w2 = constant(4, 6), constant(6, seed=1), constant(6, 2, 3, seed=2)
-    products = tf.function(lambda x: tf.einsum("abc,cde->abde", tf.einsum("abc,cd->abd", x, w1) + b1, w2))
-    frozen = kquant.freeze(products.get_concrete_function(tf.TensorSpec([None, None, 4], tf.float32)))
-    nodes = list(frozen.graph_def.node)[::-1]  # readers before the nodes they read
-    del frozen.graph_def.node[:]
-    frozen.graph_def.node.extend(nodes)
-    x = np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)
-    case = Case(frozen, [x], outputs_of(frozen, [x]))
-    result = transformed(case, ["fold_tensordot_matmuls"])
-    assert_ops(result, Einsum=0, MatMul=2)
-    by_name = {n.name: n for n in result.graph_def.node}
-    assert {by_name[n.input[0].split(":")[0]].op for n in result.graph_def.node if n.op == "Shape"} == {"Placeholder"}
-
-
-@pytest.mark.parametrize("equation, weights", [("abc,dc->abd", (5, 4)),  # the constant's contracted axis is last
-                                               ("abc,cd->adb", (4, 5)),  # the output's axes reordered
-                                               ("abc,bcd->abd", (3, 4, 5))])  # a weight per step
-def test_einsums_other_than_a_tensordot_are_left_alone(equation, weights):
-    w = constant(*weights)
-    case = case_from_function(lambda x: tf.einsum(equation, x, w), (3, 4))
-    assert_ops(transformed(case, ["fold_tensordot_matmuls"]), Einsum=1, MatMul=0)
-
-
-def test_a_constant_broadcasting_beyond_the_split_channels_stays_after_the_reshape():
-    w, wide = constant(4, 2), constant(2, 5, seed=1)
-    case = case_from_function(lambda x: tf.reshape(tf.einsum("abc,cd->abd", x, w), [-1, 3, 2, 1]) + wide, (3, 4))
-    result = transformed(case, ["fold_tensordot_matmuls"])  # the sum is [batch, 3, 2, 5]: the Add cannot move
-    nodes = {n.name: n for n in result.graph_def.node}
-    add = next(n for n in result.graph_def.node if n.op == "AddV2")
-    assert {nodes[i].op for i in add.input} == {"Reshape", "Const"}
 
 
 @pytest.mark.parametrize("library", ["keras", "tf_keras"])

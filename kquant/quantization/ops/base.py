@@ -10,15 +10,10 @@ an input shifted to unsigned codes, and its lowerings: the int8 ops (oneDNN's fu
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 from kquant.graphdef import GraphIndex, const_value, tensor_name
+from kquant.quantization.encoding import QTensor
 from kquant.transforms.pattern import Match, match_at
-
-if TYPE_CHECKING:  # the lowering context and the QDQ builder call the quantizers, never the other way round
-    from kquant.quantization.encoding import QTensor
-    from kquant.quantization.qdq import QdqPoints
-    from kquant.quantization.rewrite import Lowering
 
 # Activations whose output is never negative: the int8 output is quint8 [0, max].
 NON_NEGATIVE_ACTIVATIONS = ("Relu", "Relu6", "Sigmoid")
@@ -74,7 +69,11 @@ class PlanGraph:
 
 
 class OpQuantizer:
-    """One op family. Subclasses set ``family`` and ``op_types`` and implement ``match`` and the lowerings."""
+    """One op family. Subclasses set ``family`` and ``op_types`` and implement ``match`` and the lowerings.
+
+    ``lowering`` is the ``rewrite.Lowering`` the int8 graph is built in, ``points`` the ``qdq.QdqPoints`` of the
+    QDQ graph: they call the quantizers, never the other way round.
+    """
 
     family: str = ""
     op_types: tuple = ()
@@ -90,23 +89,23 @@ class OpQuantizer:
         """The tensors whose calibrated range the lowering reads: every input (a QuantizeV2 if it enters from fp32)."""
         return set(unit.data_inputs)
 
-    def supported(self, unit: Unit, lowering: "Lowering") -> bool:
+    def supported(self, unit: Unit, lowering) -> bool:
         """Whether the chosen kernels can run ``unit``, given what is already int8 around it."""
         return True
 
-    def fuses_sum(self, unit: Unit, lowering: "Lowering") -> bool:
+    def fuses_sum(self, unit: Unit, lowering) -> bool:
         """Whether the kernel can fuse ``unit``'s residual Add (else the Add stays fp32)."""
         return False
 
-    def reads_shifted(self, unit: Unit, lowering: "Lowering") -> bool:
+    def reads_shifted(self, unit: Unit, lowering) -> bool:
         """Whether ``unit`` can read its input as unsigned codes of x - low (a signed tensor, shifted)."""
         return False
 
-    def lower(self, unit: Unit, lowering: "Lowering") -> "QTensor | None":
+    def lower(self, unit: Unit, lowering) -> QTensor | None:
         """Emit the int8 op(s) into ``lowering``; the int8 output, or None when the op writes float itself."""
         raise NotImplementedError
 
-    def qdq(self, unit: Unit, points: "QdqPoints") -> None:
+    def qdq(self, unit: Unit, points) -> None:
         """Declare where the int8 op rounds: weights, outputs, inputs entering from fp32 (``qdq.QdqPoints``)."""
         raise NotImplementedError
 

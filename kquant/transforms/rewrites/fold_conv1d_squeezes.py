@@ -21,7 +21,7 @@ from tensorflow.core.framework import graph_pb2
 
 from kquant.graphdef import GraphIndex, const_node, const_value, data_format, is_control_input, node_name, output_index
 from kquant.transforms.folding import PER_CHANNEL_OPS, varies_only_along_channels
-from kquant.transforms.pattern import prune_unused
+from kquant.transforms.pattern import prune_unused, warn_left_as_it_was
 from kquant.transforms.registry import register
 
 FOUR_D_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative", "MaxPool", "AvgPool"})
@@ -31,28 +31,33 @@ PAD_OPS = frozenset({"Pad", "PadV2"})
 
 @register("fold_conv1d_squeezes")
 def fold_conv1d_squeezes(graph_def, context):
-    protected = context.protected
+    protected, kept = context.protected, set()  # kept: the Squeezes left where they are after a failed move
     result = graph_pb2.GraphDef()
     result.CopyFrom(graph_def)
-    _pool_over_axis_1(result, protected)
-    _pad_after_expand_dims(result, protected)
-    while _sink_one_squeeze(result, protected):
+    _pool_over_axis_1(result, protected, context.name)
+    _pad_after_expand_dims(result, protected, context.name)
+    while _sink_one_squeeze(result, protected, context.name, kept):
         pass
-    return _bypass_restoring_expand_dims(result, protected)
+    return _bypass_restoring_expand_dims(result, protected, context.name)
 
 
-def _pool_over_axis_1(graph_def, protected) -> None:
+def _checked(check, transform: str, node, *args) -> bool:
+    """``check(node, *args)``; False, with the warning that ``transform`` left ``node`` as it was, when it raises
+    (a form not foreseen: that subgraph stays, the rest of the graph is still folded)."""
+    try:
+        return check(node, *args)
+    except Exception as exc:
+        warn_left_as_it_was(transform, node, exc)
+        return False
+
+
+def _pool_over_axis_1(graph_def, protected, transform: str) -> None:
     """ExpandDims(x, 2) -> pool -> Squeeze(2) becomes ExpandDims(x, 1) -> pool (window turned) -> Squeeze(1)."""
     index = GraphIndex(graph_def)
     for pool in list(graph_def.node):
-        if pool.op not in POOL_OPS or data_format(pool) != "NHWC" or pool.name in protected:
+        if pool.op not in POOL_OPS or pool.name in protected or not _checked(_pools_over_axis_2, transform, pool, index, protected):
             continue
-        expand = index.by_name.get(node_name(pool.input[0]))
-        squeeze = index.only_reader(pool.name)
-        if (expand is None or expand.op != "ExpandDims" or _expanded_axis(expand, index) != 2
-                or index.only_reader(expand.name) is not pool or squeeze is None or squeeze.op != "Squeeze"
-                or _squeezed_axis(squeeze, index) != 2 or expand.name in protected):
-            continue
+        expand, squeeze = index.by_name[node_name(pool.input[0])], index.only_reader(pool.name)
         axis = const_node(index.unique_name(f"{expand.name}/axis_1"), np.int32(1))
         graph_def.node.append(axis)
         expand.input[1] = axis.name
@@ -63,20 +68,35 @@ def _pool_over_axis_1(graph_def, protected) -> None:
         squeeze.attr["squeeze_dims"].list.i[:] = [1]
 
 
-def _pad_after_expand_dims(graph_def, protected) -> None:
+def _pools_over_axis_2(pool, index, protected) -> bool:
+    """Whether ``pool`` is an NHWC pool between an ExpandDims of axis 2 and a Squeeze of it, each its only reader."""
+    expand = index.by_name.get(node_name(pool.input[0]))
+    squeeze = index.only_reader(pool.name)
+    return not (data_format(pool) != "NHWC" or expand is None or expand.op != "ExpandDims" or _expanded_axis(expand, index) != 2
+                or index.only_reader(expand.name) is not pool or squeeze is None or squeeze.op != "Squeeze"
+                or _squeezed_axis(squeeze, index) != 2 or expand.name in protected)
+
+
+def _pad_after_expand_dims(graph_def, protected, transform: str) -> None:
     """ExpandDims(Pad(x)) becomes Pad(ExpandDims(x)), where a Pad can meet the conv it pads (a causal Conv1D)."""
     index = GraphIndex(graph_def)
     for expand in graph_def.node:
-        pad = index.by_name.get(node_name(expand.input[0])) if expand.op == "ExpandDims" else None
-        axis = _expanded_axis(expand, index) if pad is not None else None
-        if (axis not in (1, 2) or pad.op not in PAD_OPS or pad.name in protected or expand.name in protected
-                or index.only_reader(pad.name) is not expand or not _padding_3d(pad, index)):
+        if expand.op != "ExpandDims" or not _checked(_expands_a_3d_pad, transform, expand, index, protected):
             continue
+        pad, axis = index.by_name[node_name(expand.input[0])], _expanded_axis(expand, index)
         readers = [index.by_name[name] for name in index.consumers(expand.name)]
         expand.input[0], pad.input[0] = pad.input[0], expand.name
         _insert_padding_row(graph_def, pad, axis, index)
         for reader in readers:
             reader.input[:] = [pad.name if not is_control_input(i) and node_name(i) == expand.name else i for i in reader.input]
+
+
+def _expands_a_3d_pad(expand, index, protected) -> bool:
+    """Whether ``expand`` adds axis 1 or 2 to a Pad of a 3-D tensor by constants that only it reads."""
+    pad = index.by_name.get(node_name(expand.input[0]))
+    axis = _expanded_axis(expand, index) if pad is not None else None
+    return not (axis not in (1, 2) or pad.op not in PAD_OPS or pad.name in protected or expand.name in protected
+                or index.only_reader(pad.name) is not expand or not _padding_3d(pad, index))
 
 
 def _padding_3d(pad, index) -> bool:
@@ -94,15 +114,22 @@ def _insert_padding_row(graph_def, pad, axis: int, index) -> None:
     pad.input[1] = padding_node.name
 
 
-def _sink_one_squeeze(graph_def, protected) -> bool:
-    """Move one Squeeze below the per-channel op that alone reads it; False when none is left to move."""
+def _sink_one_squeeze(graph_def, protected, transform: str, kept: set) -> bool:
+    """Move one Squeeze below the per-channel op that alone reads it; False when none is left to move. A Squeeze
+    whose move fails is added to ``kept`` and not tried again."""
     index = GraphIndex(graph_def)
     for squeeze in graph_def.node:
-        if squeeze.op != "Squeeze" or squeeze.name in protected or _squeezed_axis(squeeze, index) not in (1, 2):
+        if squeeze.op != "Squeeze" or squeeze.name in protected or squeeze.name in kept:
+            continue
+        try:
+            movable = _movable(squeeze, index, protected)
+        except Exception as exc:  # a form not foreseen: this Squeeze stays, the others still move
+            warn_left_as_it_was(transform, squeeze, exc)
+            kept.add(squeeze.name)
+            continue
+        if not movable:
             continue
         op = index.only_reader(squeeze.name)
-        if op is None or op.name in protected or not _per_channel(op, squeeze.name, index):
-            continue
         readers = [index.by_name[name] for name in index.consumers(op.name)]
         position = [node_name(i) for i in op.input].index(squeeze.name)
         op.input[position] = squeeze.input[0]
@@ -116,7 +143,13 @@ def _sink_one_squeeze(graph_def, protected) -> bool:
     return False
 
 
-def _bypass_restoring_expand_dims(graph_def, protected) -> graph_pb2.GraphDef:
+def _movable(squeeze, index, protected) -> bool:
+    """Whether ``squeeze`` removes spatial axis 1 or 2 and its only reader is a per-channel op that may move above it."""
+    op = index.only_reader(squeeze.name) if _squeezed_axis(squeeze, index) in (1, 2) else None
+    return op is not None and op.name not in protected and _per_channel(op, squeeze.name, index)
+
+
+def _bypass_restoring_expand_dims(graph_def, protected, transform: str) -> graph_pb2.GraphDef:
     """Readers of ExpandDims(Squeeze(t, axis), axis) read t, and a Reshape of a Squeeze reshapes t (a Squeeze
     keeps the element order); what is left unread is pruned."""
     index = GraphIndex(graph_def)
@@ -130,14 +163,19 @@ def _bypass_restoring_expand_dims(graph_def, protected) -> graph_pb2.GraphDef:
     for expand in graph_def.node:
         if expand.op != "ExpandDims" or expand.name in protected or output_index(expand.input[0]) != 0:
             continue
-        squeeze = index.by_name.get(node_name(expand.input[0]))
-        if squeeze is not None and squeeze.op == "Squeeze" and _squeezed_axis(squeeze, index) is not None \
-                and _expanded_axis(expand, index) == _squeezed_axis(squeeze, index):
-            forward[expand.name] = squeeze.input[0]
+        if _checked(_restores_its_squeeze, transform, expand, index):
+            forward[expand.name] = index.by_name[node_name(expand.input[0])].input[0]
     for node in graph_def.node:
         node.input[:] = [forward[node_name(i)] if not is_control_input(i) and output_index(i) == 0 and node_name(i) in forward
                          else i for i in node.input]
     return prune_unused(graph_def, [*forward, *squeezes], protected)
+
+
+def _restores_its_squeeze(expand, index) -> bool:
+    """Whether ``expand`` adds back the axis that the Squeeze it reads removed."""
+    squeeze = index.by_name.get(node_name(expand.input[0]))
+    return squeeze is not None and squeeze.op == "Squeeze" and _squeezed_axis(squeeze, index) is not None \
+        and _expanded_axis(expand, index) == _squeezed_axis(squeeze, index)
 
 
 def _squeezed_axis(squeeze, index) -> int | None:

@@ -17,7 +17,7 @@ import numpy as np
 from tensorflow.core.framework import graph_pb2, node_def_pb2
 
 from kquant.graphdef import GraphIndex, const_node, const_value, data_format, is_control_input, node_name, output_index
-from kquant.transforms.pattern import prune_unused
+from kquant.transforms.pattern import prune_unused, warn_left_as_it_was
 from kquant.transforms.registry import register
 
 CONV_OPS = frozenset({"Conv2D", "DepthwiseConv2dNative"})
@@ -31,18 +31,16 @@ def fold_space_to_batch_convs(graph_def, context):
     index = GraphIndex(result)
     folded, pad_nodes = [], []
     for batch_to_space in result.node:
-        chain = _chain(batch_to_space, index, protected)
-        if chain is None:
+        if batch_to_space.op != "BatchToSpaceND" or batch_to_space.name in protected:
             continue
-        space_to_batch, first, conv, last, spatial_axes = chain
-        rates = [int(r) for r in const_value(index.by_name[node_name(space_to_batch.input[1])]).reshape(-1)]
-        pads = (const_value(index.by_name[node_name(space_to_batch.input[2])])
-                - const_value(index.by_name[node_name(batch_to_space.input[2])]))
-        if pads.shape != (len(rates), 2) or np.any(pads < 0):
+        try:
+            fold = _dilated_conv(batch_to_space, index, protected)
+        except Exception as exc:  # a form not foreseen: this chain stays, the others are still folded
+            warn_left_as_it_was(context.name, batch_to_space, exc)
             continue
-        dilations, explicit = [1, 1, 1, 1], [0] * 8
-        for axis, rate, (before, after) in zip(spatial_axes, rates, pads):
-            dilations[axis], explicit[2 * axis], explicit[2 * axis + 1] = rate, int(before), int(after)
+        if fold is None:
+            continue
+        (space_to_batch, first, conv, last), dilations, explicit = fold
         first.input[0] = space_to_batch.input[0]
         conv.attr["dilations"].list.i[:] = dilations
         if conv.op == "DepthwiseConv2dNative" and any(explicit):
@@ -59,6 +57,24 @@ def fold_space_to_batch_convs(graph_def, context):
     return prune_unused(result, folded, protected) if folded else result
 
 
+def _dilated_conv(batch_to_space, index, protected):
+    """((SpaceToBatchND, its reader, the conv, the BatchToSpaceND's input), the conv's dilations, its explicit
+    paddings) when ``batch_to_space`` ends a foldable chain; None otherwise."""
+    chain = _chain(batch_to_space, index, protected)
+    if chain is None:
+        return None
+    space_to_batch, first, conv, last, spatial_axes = chain
+    rates = [int(r) for r in const_value(index.by_name[node_name(space_to_batch.input[1])]).reshape(-1)]
+    pads = (const_value(index.by_name[node_name(space_to_batch.input[2])])
+            - const_value(index.by_name[node_name(batch_to_space.input[2])]))
+    if pads.shape != (len(rates), 2) or np.any(pads < 0):
+        return None
+    dilations, explicit = [1, 1, 1, 1], [0] * 8
+    for axis, rate, (before, after) in zip(spatial_axes, rates, pads):
+        dilations[axis], explicit[2 * axis], explicit[2 * axis + 1] = rate, int(before), int(after)
+    return (space_to_batch, first, conv, last), dilations, explicit
+
+
 def _pad_before(conv, explicit, index) -> list:
     """A zero Pad of ``conv``'s input by ``explicit`` (one before/after pair per dimension), read by ``conv``."""
     paddings = const_node(index.unique_name(f"{conv.name}/paddings"), np.asarray(explicit, np.int32).reshape(4, 2))
@@ -71,9 +87,7 @@ def _pad_before(conv, explicit, index) -> list:
 
 def _chain(batch_to_space, index, protected):
     """(SpaceToBatchND, its reader, the conv, the BatchToSpaceND's input, the conv's spatial axes the blocks cover)
-    if ``batch_to_space`` ends a foldable chain; the reader and input are the conv, or the 1-D form's ExpandDims and Squeeze."""
-    if batch_to_space.op != "BatchToSpaceND" or batch_to_space.name in protected:
-        return None
+    if ``batch_to_space`` (a BatchToSpaceND) ends a foldable chain; the reader and input are the conv, or the 1-D form's ExpandDims and Squeeze."""
     inner = _single_reader_input(batch_to_space, index, protected)
     squeeze = inner if inner is not None and inner.op == "Squeeze" else None
     conv = _single_reader_input(squeeze, index, protected) if squeeze is not None else inner
