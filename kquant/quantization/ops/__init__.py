@@ -13,6 +13,7 @@ from kquant.quantization.ops.depthwise import DepthwiseConvolution
 from kquant.quantization.ops.matmul import MatMul
 from kquant.quantization.ops.pooling import AvgPool, MaxPool
 from kquant.quantization.ops.reshape import Reshape
+from kquant.quantization.ops.resize import ResizeBilinear
 
 QUANTIZERS: tuple[OpQuantizer, ...] = (
     Convolution(),
@@ -22,6 +23,7 @@ QUANTIZERS: tuple[OpQuantizer, ...] = (
     MaxPool(),
     AvgPool(),
     Reshape(),
+    ResizeBilinear(),
 )
 BY_OP_TYPE: dict[str, OpQuantizer] = {op: quantizer for quantizer in QUANTIZERS for op in quantizer.op_types}
 
