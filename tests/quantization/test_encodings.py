@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 import kquant
-from kquant.quantization.encoding import zero_exact as _zero_exact
-from kquant.quantization.weights import quantize_weights as _quantize_weights
+from kquant.quantization.encoding import zero_exact
+from kquant.quantization.weights import quantize_weights
 
 
 def conv_model(keras, *layers, channels=8, seed=0):
@@ -45,17 +45,16 @@ def test_an_input_channel_pair_at_full_scale_does_not_saturate():
 def test_pair_safe_scale_bounds_every_same_sign_pair_and_costs_nothing_without_pairs():
     rng = np.random.default_rng(0)
     weights = rng.normal(size=(3, 3, 7, 5)).astype(np.float32)  # odd channel count: the last pair is padded
-    q, _ = _quantize_weights(weights, per_channel=True, depthwise=False, pair_safe=True)
+    q, _ = quantize_weights(weights, 5, per_channel=True, pair_safe=True)
     padded = np.concatenate([q.astype(np.int32), np.zeros((3, 3, 1, 5), np.int32)], axis=2).reshape(3, 3, 4, 2, 5)
     assert np.maximum(padded, 0).sum(axis=3).max() <= 128 and np.maximum(-padded, 0).sum(axis=3).max() <= 128
     single = weights[:, :, :1]
-    assert np.array_equal(_quantize_weights(single, True, False, pair_safe=True)[0],
-                          _quantize_weights(single, True, False)[0])
+    assert np.array_equal(quantize_weights(single, 5, True, pair_safe=True)[0], quantize_weights(single, 5, True)[0])
 
 
 @pytest.mark.parametrize("low,high", [(-1.0, 1.0), (-0.3, 5.7), (-7.16, 10.8), (-1e-6, 3e-6)])
 def test_shifted_range_holds_zero_exactly(low, high):
-    new_low, new_high = _zero_exact(low, high)
+    new_low, new_high = zero_exact(low, high)
     step = (new_high - new_low) / 255
     assert new_low <= 0 <= new_high and abs(-new_low / step - round(-new_low / step)) < 1e-6
     assert new_high - new_low == pytest.approx(high - low) and abs(new_low - low) <= step / 2 + 1e-12
