@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 
@@ -272,14 +271,15 @@ def _quantize(args) -> int:
     from kquant.converters.graph_def import frozen_from_graph_def
     from kquant.errors import CalibrationDataError, ConfigurationError
     from kquant.files import checked_data_path, load_arrays
+    from kquant.outputs import AllOrNothing, check_new_directory, write_text
     from kquant.quantization.graph_converter import GraphConverter, save_stages
 
     if args.calib is None and args.min_max_log is None:
         raise ConfigurationError("kquant quantize needs --calib samples or a --min-max-log; pass one")
     if args.labels and not args.calib:
         raise ConfigurationError("--labels label the --calib samples; pass --calib too")
-    _check_new_directory(args.export, "--export")
-    _check_new_directory(args.save_stages, "--save-stages")
+    check_new_directory(args.export, "--export")
+    check_new_directory(args.save_stages, "--save-stages")
     for path, role in ((args.calib, "calibration data"), (args.labels, "labels")):
         if path:  # before the model is read: a wrong data path fails at once
             checked_data_path(path, role=role, error=CalibrationDataError)
@@ -295,12 +295,12 @@ def _quantize(args) -> int:
                                batch_size=args.batch_size, progress=not args.no_progress, eval_fn=eval_fn,
                                max_accuracy_drop=args.max_accuracy_drop, max_batches=args.calib_batches)
     report = qmodel.report().to_html(title=f"kquant per-layer report: {args.model}") if args.report else None
-    with _all_or_nothing() as outputs:
+    with AllOrNothing() as outputs:
         outputs.write(args.output, qmodel.save)
         if args.export:
             outputs.write(args.export, qmodel.export)
         if report is not None:
-            outputs.write(args.report, lambda path: _write_text(path, report))
+            outputs.write(args.report, lambda path: write_text(path, report))
         if args.save_stages:
             outputs.write(args.save_stages, lambda path: save_stages(qmodel, path))
     print(qmodel.summary())
@@ -340,74 +340,6 @@ def _accuracy(data, labels, inputs, batch_size):
         return correct / seen
 
     return accuracy
-
-
-def _check_new_directory(path, flag) -> None:
-    from pathlib import Path
-
-    from kquant.errors import OutputWriteError
-
-    if path and Path(path).exists() and (not Path(path).is_dir() or any(Path(path).iterdir())):
-        raise OutputWriteError(f"{flag} {path} exists and is not an empty directory; choose a new directory")
-
-
-def _write_text(path, text):
-    from kquant.graph import atomic_write
-
-    with atomic_write(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-class _all_or_nothing:
-    """The outputs of one command, all or nothing: each written atomically by its writer; if a later one fails,
-    those written before are removed again and a file one replaced is put back."""
-
-    def __enter__(self):
-        self._written = []  # (path, backup of the file it replaced or None, whether it existed before)
-        return self
-
-    def write(self, path, writer) -> None:
-        import shutil
-        import tempfile
-        from pathlib import Path
-
-        path = Path(path)
-        backup = None
-        if path.is_file():
-            try:
-                handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".bak", dir=path.parent)
-                os.close(handle)
-                backup = Path(name)
-                shutil.copy2(path, backup)
-            except OSError:  # an unwritable directory: the writer fails too, and leaves the file as it is
-                if backup is not None:
-                    backup.unlink(missing_ok=True)
-                backup = None
-        existed = path.exists()  # an existing directory is an empty one (_check_new_directory)
-        try:
-            writer(path)
-        except BaseException:
-            if backup is not None:  # the writers are atomic: the file is still the old one
-                backup.unlink(missing_ok=True)
-            raise
-        self._written.append((path, backup, existed))
-
-    def __exit__(self, kind, exc, traceback):
-        import shutil
-
-        for path, backup, existed in reversed(self._written):
-            if kind is None:
-                if backup is not None:
-                    backup.unlink(missing_ok=True)
-            elif backup is not None:
-                os.replace(backup, path)
-            elif path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-                if existed:
-                    path.mkdir()
-            elif not existed:
-                path.unlink(missing_ok=True)
-        return False
 
 
 def _batches(text: str) -> list[int]:
