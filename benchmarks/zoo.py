@@ -63,8 +63,8 @@ FP32_BOUND = 1e-4
 CALIBRATION_IMAGES = 8
 EVAL_IMAGES = 8
 BATCHES = (1, 32)
-# why an op left in the int8 graph runs fp32: TF's oneDNN int8 kernels are convolutions and matmuls (fusing a
-# bias, Relu and a residual sum; matmuls also Sigmoid/Tanh/Elu/LeakyRelu/GELU), pools, concat and reshape only
+# why an op left in the int8 graph runs fp32: TF's int8 kernels are convolutions and matmuls (fusing a bias, Relu
+# and a residual sum; matmuls also Sigmoid/Tanh/Elu/LeakyRelu/GELU), pools, concat, reshape and bilinear resize only
 FP32_WHY = {
     "Sigmoid": "swish / squeeze-and-excitation gate after a conv (int8 convs fuse only Relu)",
     "Mul": "swish, hard-swish, SE scaling, LayerNorm, GELU or layer scale (no int8 elementwise kernel)",
@@ -74,7 +74,7 @@ FP32_WHY = {
     "Mean": "global average pooling, SE squeeze, LayerNorm (no int8 reduction)",
     "SquaredDifference": "LayerNorm variance", "Rsqrt": "LayerNorm", "StopGradient": "LayerNorm (Keras 3)",
     "Erfc": "a GELU no MatMul fuses", "Neg": "LayerNorm's mean subtraction, or a GELU no MatMul fuses",
-    "Relu": "a ReLU not after a conv (pre-activation: after a concat, an Add or a batch norm)",
+    "Relu": "a ReLU an fp32 op reads (one read only by int8 ops is done by its unsigned QuantizeV2)",
     "FusedBatchNormV3": "pre-activation batch norm with no conv before it to fold into",
     "ConcatV2": "concat of signed or fp32 branches (QuantizedConcat takes unsigned int8 only)",
     "MaxPool": "pool reading an fp32 tensor", "AvgPool": "pool reading an fp32 tensor",
@@ -82,7 +82,7 @@ FP32_WHY = {
     "PartitionedCall": "a function call kquant does not inline (a grouped convolution)",
     "StatefulPartitionedCall": "a function call kquant does not inline (a grouped convolution)",
     "Conv2D": "the image stem (stem='fp32')", "BiasAdd": "the image stem's bias", "Relu6 / Relu": "also the stem's",
-    "Reshape": "shape plumbing", "Shape": "shape plumbing", "GatherV2": "shape plumbing", "IdentityN": "plumbing",
+    "Reshape": "shape plumbing", "Shape": "shape plumbing", "GatherV2": "shape plumbing",
     "StridedSlice": "NASNet's cropping", "NoOp": "freeze leftover",
 }
 WEIGHTED = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMulV2", "Einsum", "_FusedConv2D",
@@ -285,8 +285,9 @@ def report(out: Path, command: str) -> str:
     if missing:
         lines += ["", f"Not run yet ({len(missing)}): {', '.join(missing)}."]
     lines += ["", "## What stays fp32, per architecture", "",
-              "TF's oneDNN int8 kernels are convolutions and matmuls (fusing a bias, Relu and a residual sum; matmuls "
-              "also Sigmoid, Tanh, Elu, LeakyRelu and GELU), pools, concat and reshape: every other op runs fp32 "
+              "TF's int8 kernels are convolutions and matmuls (fusing a bias, Relu and a residual sum; matmuls "
+              "also Sigmoid, Tanh, Elu, LeakyRelu and GELU), pools, concat, reshape and bilinear resize: every other "
+              "op runs fp32 "
               "between a Dequantize and a QuantizeV2. The ops left fp32 in each int8 graph (the Keras 3 row where it "
               "ran, else tf_keras), then what they are:", ""]
     for arch in dict.fromkeys(r["arch"] for r in ok):
