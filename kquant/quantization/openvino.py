@@ -98,9 +98,10 @@ def runtime_precisions(model, anchors, device: str = "CPU") -> dict[str, str]:
     return {anchor: precision.get(anchor, "") for anchor in anchors}
 
 
-def warn_unless_int8(precisions: dict[str, str]) -> None:
-    """One warning naming the units OpenVINO does not run in int8."""
-    slow = [f"{anchor} ({precision or 'not found'})" for anchor, precision in precisions.items()
+def warn_unless_int8(precisions: dict[str, str], layers: dict | None = None) -> None:
+    """One warning naming the units OpenVINO does not run in int8 (by their Keras layers, ``layers``, where known)."""
+    layers = layers or {}
+    slow = [f"{layers.get(anchor, anchor)} ({precision or 'not found'})" for anchor, precision in precisions.items()
             if precision not in INT8_PRECISIONS]
     if slow:
         warnings.warn(f"OpenVINO runs {len(slow)} of the {len(precisions)} int8 convolutions/matmuls in another "

@@ -52,16 +52,18 @@ class QdqPoints:
     ``weights``: "rounded" puts the values the int8 weights stand for in the graph (the simulation),
     "fake_quant" keeps the fp32 weights behind a per-channel narrow-range FakeQuant (the export form).
     ``pair_safe`` scales weights that sum over input-channel pairs as ``quantize_weights`` does for CPUs without
-    VNNI, whose u8 x s8 kernels (oneDNN's, in TF and in OpenVINO) sum each pair in int16.
+    VNNI, whose u8 x s8 kernels (oneDNN's, in TF and in OpenVINO) sum each pair in int16; ``per_channel=False``
+    gives every weight one scale (the int8 graph's ``per_channel`` option).
     """
 
-    def __init__(self, fp32, units, ranges, weights: str = "rounded", pair_safe: bool = False):
+    def __init__(self, fp32, units, ranges, weights: str = "rounded", pair_safe: bool = False, per_channel: bool = True):
         if weights not in WEIGHT_FORMS:
             raise ValueError(f"weights must be one of {WEIGHT_FORMS}, not {weights!r}")
         self.fp32 = fp32
         self.ranges = dict(ranges)
         self.weight_form = weights
         self.pair_safe = pair_safe
+        self.per_channel = per_channel
         self.read_as_int8 = tensors_read_as_int8(units)
         self.weights: list[RoundedWeights] = []    # every unit's int8 weights
         self.rounded: list[str] = []               # outputs the int8 ops round
@@ -76,7 +78,8 @@ class QdqPoints:
         sums products over pairs of input channels (not a depthwise one)."""
         weights = const_value(self._nodes[unit.weights])
         channels = output_channels(self._nodes[unit.anchor], weights.shape)
-        q, w_max = quantize_weights(weights, channels, per_channel, pair_safe=self.pair_safe and sums_pairs)
+        q, w_max = quantize_weights(weights, channels, per_channel and self.per_channel,
+                                    pair_safe=self.pair_safe and sums_pairs)
         self.weights.append(RoundedWeights(unit.anchor, unit.weights, weights, q, w_max, channels))
 
     def round(self, tensor: str, tensor_range: tuple | None = None) -> None:
