@@ -19,6 +19,7 @@ from kquant.quantization.qdq import WEIGHT_FAKE_QUANT
 INSTALL = 'pip install "kquant[openvino]"'
 WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul")  # the ov.Model ops a conv / matmul unit becomes
 INT8_PRECISIONS = ("u8", "i8")
+DEQUANTIZED = "/DequantizationMultiply"
 
 
 def import_openvino():
@@ -94,7 +95,8 @@ def runtime_precisions(model, anchors, device: str = "CPU") -> dict[str, str]:
     for op in compiled.get_runtime_model().get_ops():
         info = op.get_rt_info()
         for name in info["originalLayersNames"].astype(str).split(","):
-            precision.setdefault(name, info["runtimePrecision"].astype(str))
+            # the low-precision passes rename a weighted op whose dequantization they move after it
+            precision.setdefault(name.removesuffix(DEQUANTIZED), info["runtimePrecision"].astype(str))
     return {anchor: precision.get(anchor, "") for anchor in anchors}
 
 
