@@ -92,12 +92,17 @@ class QuantizedModel:
         ov = kov.import_openvino()
         points = self.qdq_points()
         model = kov.convert(points.graph_def(), self.result.fp32, points.weights)
-        with tempfile.TemporaryDirectory(prefix="kquant-openvino-") as staging:
-            staged = Path(staging) / "model.xml"
-            ov.save_model(model, str(staged), compress_to_fp16=False)
-            with AllOrNothing() as outputs:
-                outputs.write(path.with_suffix(".bin"), lambda target: _copy(staged.with_suffix(".bin"), target))
-                outputs.write(path, lambda target: _copy(staged, target))
+        created = make_parents(path.parent)
+        try:
+            with tempfile.TemporaryDirectory(prefix="kquant-openvino-") as staging:
+                staged = Path(staging) / "model.xml"
+                ov.save_model(model, str(staged), compress_to_fp16=False)
+                with AllOrNothing() as outputs:
+                    outputs.write(path.with_suffix(".bin"), lambda target: _copy(staged.with_suffix(".bin"), target))
+                    outputs.write(path, lambda target: _copy(staged, target))
+        except BaseException:
+            remove_created(created)
+            raise
         self.openvino_precisions = kov.runtime_precisions(path, [w.anchor for w in points.weights])
         kov.warn_unless_int8(self.openvino_precisions, self.result.layers)
         return path
