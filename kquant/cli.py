@@ -351,7 +351,14 @@ def _quantize(args) -> int:
     print(qmodel.summary())
     if qmodel.trials:
         print(f"accuracy-aware tuning: {len(qmodel.trials)} trial(s); kept fp32: {', '.join(qmodel.result.fell_back) or 'none'}")
-    print(f"wrote {args.output}" + (f" and SavedModel {args.export}" if args.export else ""))
+    if args.format == "openvino":
+        from kquant.quantization.openvino import INT8_PRECISIONS
+
+        precisions = qmodel.openvino_precisions.values()
+        print(f"OpenVINO runs {sum(p in INT8_PRECISIONS for p in precisions)} of the {len(precisions)} int8 "
+              "convolutions/matmuls in int8")
+    print(f"wrote {args.output}" + (f" and {Path(args.output).with_suffix('.bin')}" if args.format == "openvino" else "")
+          + (f" and SavedModel {args.export}" if args.export else ""))
     return 0
 
 
