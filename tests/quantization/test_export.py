@@ -12,8 +12,8 @@ import tensorflow as tf
 
 import kquant
 from kquant.cli import main
-from kquant.graph import atomic_write
 from kquant.errors import MissingRuntimeError
+from kquant.graph import atomic_write
 from kquant.quantization import model as model_module
 from kquant.quantization.openvino import INT8_PRECISIONS, import_openvino
 from kquant.quantization.qdq import QdqPoints, qdq_graph_def
