@@ -16,6 +16,6 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["kquant", "kquant.*"]),
     install_requires=requirements("requirements.txt"),
-    extras_require={"test": requirements("requirements-test.txt")},
+    extras_require={"test": requirements("requirements-test.txt"), "openvino": ["openvino>=2026.0"]},
     entry_points={"console_scripts": ["kquant=kquant.cli:main"]},
 )

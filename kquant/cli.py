@@ -67,7 +67,7 @@ def _check_outputs(args) -> None:
     from kquant.errors import OutputWriteError
     from kquant.graph import GRAPH_SUFFIXES
 
-    suffixes = {"output": GRAPH_SUFFIXES, **OUTPUT_SUFFIXES}
+    suffixes = {**({"output": GRAPH_SUFFIXES} if args.command != "quantize" else {}), **OUTPUT_SUFFIXES}
     written = {}
     for name in WRITTEN_ARGS:
         value = getattr(args, name, None)
@@ -81,6 +81,36 @@ def _check_outputs(args) -> None:
         if resolved in written:
             raise OutputWriteError(f"{flag} and {written[resolved]} both name {value}; give each output its own path")
         written[resolved] = flag
+    if args.command == "quantize":
+        args.format = _output_format(args.output, args.format)
+
+
+# --format of kquant quantize: what -o names
+OUTPUT_FORMATS = {"pb": "the int8 GraphDef, .pb or .pbtxt", "openvino": "an OpenVINO IR, .xml (the .bin beside it)",
+                  "saved_model": "the int8 graph as a SavedModel directory, a path without a suffix",
+                  "qdq": "the portable QDQ graph, .pb/.pbtxt, or a SavedModel directory without a suffix"}
+
+
+def _output_format(output, chosen) -> str:
+    """The format ``-o`` is written in: ``--format``, else its suffix (.xml OpenVINO, .pb/.pbtxt the int8 graph);
+    a suffix the format cannot take is an error."""
+    from pathlib import Path
+
+    from kquant.errors import OutputWriteError
+    from kquant.graph import GRAPH_SUFFIXES
+
+    suffix = Path(output).suffix.lower()
+    by_suffix = "openvino" if suffix == ".xml" else "pb" if suffix in GRAPH_SUFFIXES else None
+    if chosen is None and by_suffix is None:
+        raise OutputWriteError(f"-o {output}: name the output .pb/.pbtxt (the int8 graph) or .xml (OpenVINO IR), "
+                               "or choose --format saved_model or qdq for a directory")
+    fmt = chosen or by_suffix
+    fits = {"pb": suffix in GRAPH_SUFFIXES, "openvino": suffix == ".xml", "saved_model": not suffix,
+            "qdq": not suffix or suffix in GRAPH_SUFFIXES}[fmt]
+    if not fits:
+        raise OutputWriteError(f"-o {output} does not fit --format {fmt} ({OUTPUT_FORMATS[fmt]}); rename the output "
+                               "or choose another --format")
+    return fmt
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):
@@ -114,7 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a .keras/.h5 file, SavedModel directory or .pb/.pbtxt graph")
     p.add_argument("--calib", help="calibration samples: .npy (one input), .npz (one array per input name), a folder "
                                     "of JPEG/PNG images, or TFRecord file(s) (with --feature); read a batch at a time")
-    p.add_argument("-o", "--output", required=True, help="output int8 .pb (binary) or .pbtxt (text)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output: the int8 .pb (binary) or .pbtxt (text), an OpenVINO .xml (+ .bin), or a directory "
+                        "with --format saved_model or qdq")
+    p.add_argument("--format", choices=tuple(OUTPUT_FORMATS),
+                   help="what -o holds (default: from its suffix): " + "; ".join(f"{k}: {v}" for k, v in OUTPUT_FORMATS.items()))
     p.add_argument("--inputs", type=_names, help="comma-separated input node names (default: the model's inputs)")
     p.add_argument("--outputs", type=_names, help="comma-separated outputs: graph node names or SavedModel signature keys")
     _add_image_arguments(p)
@@ -267,6 +301,8 @@ def _transform(args) -> int:
 
 
 def _quantize(args) -> int:
+    from pathlib import Path
+
     import kquant
     from kquant.converters.graph_def import frozen_from_graph_def
     from kquant.errors import CalibrationDataError, ConfigurationError
@@ -280,6 +316,12 @@ def _quantize(args) -> int:
         raise ConfigurationError("--labels label the --calib samples; pass --calib too")
     check_new_directory(args.export, "--export")
     check_new_directory(args.save_stages, "--save-stages")
+    if args.format in ("saved_model", "qdq") and not Path(args.output).suffix:
+        check_new_directory(args.output, "-o")
+    if args.format == "openvino":  # before any work: a missing runtime fails at once
+        from kquant.quantization.openvino import import_openvino
+
+        import_openvino()
     for path, role in ((args.calib, "calibration data"), (args.labels, "labels")):
         if path:  # before the model is read: a wrong data path fails at once
             checked_data_path(path, role=role, error=CalibrationDataError)
@@ -296,17 +338,27 @@ def _quantize(args) -> int:
                                max_accuracy_drop=args.max_accuracy_drop, max_batches=args.calib_batches)
     report = qmodel.report().to_html(title=f"kquant per-layer report: {args.model}") if args.report else None
     with AllOrNothing() as outputs:
-        outputs.write(args.output, qmodel.save)
+        if args.format == "pb":
+            outputs.write(args.output, qmodel.save)
         if args.export:
             outputs.write(args.export, qmodel.export)
         if report is not None:
             outputs.write(args.report, lambda path: write_text(path, report))
         if args.save_stages:
             outputs.write(args.save_stages, lambda path: save_stages(qmodel, path))
+        if args.format != "pb":  # last: an OpenVINO IR is two files, which its export writes all or nothing
+            outputs.write(args.output, lambda path: qmodel.export(path, format=args.format))
     print(qmodel.summary())
     if qmodel.trials:
         print(f"accuracy-aware tuning: {len(qmodel.trials)} trial(s); kept fp32: {', '.join(qmodel.result.fell_back) or 'none'}")
-    print(f"wrote {args.output}" + (f" and SavedModel {args.export}" if args.export else ""))
+    if args.format == "openvino":
+        from kquant.quantization.openvino import INT8_PRECISIONS
+
+        precisions = qmodel.openvino_precisions.values()
+        print(f"OpenVINO runs {sum(p in INT8_PRECISIONS for p in precisions)} of the {len(precisions)} int8 "
+              "convolutions/matmuls in int8")
+    print(f"wrote {args.output}" + (f" and {Path(args.output).with_suffix('.bin')}" if args.format == "openvino" else "")
+          + (f" and SavedModel {args.export}" if args.export else ""))
     return 0
 
 

@@ -67,6 +67,10 @@ class OutputWriteError(KQuantError):
     """An output file or directory could not be written."""
 
 
+class MissingRuntimeError(KQuantError):
+    """An optional runtime an export needs (OpenVINO) is not installed."""
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an exception's message, for one-line error texts."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]

@@ -1,4 +1,5 @@
-"""QuantizedModel: the int8 graph kquant built, ready to run, save as .pb, export as a SavedModel, or report on."""
+"""QuantizedModel: the int8 graph kquant built, ready to run, save as .pb, export (a SavedModel, the portable QDQ
+graph, an OpenVINO IR), or report on."""
 
 from __future__ import annotations
 
@@ -9,21 +10,26 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from kquant.errors import OutputWriteError, QuantizationError, first_line
-from kquant.graph import FrozenGraph, make_parents, remove_created, save_graph_def, without_default_attrs
+from kquant.errors import ConfigurationError, OutputWriteError, QuantizationError, first_line
+from kquant.graph import (GRAPH_SUFFIXES, FrozenGraph, atomic_write, make_parents, remove_created, save_graph_def,
+                          without_default_attrs)
+from kquant.outputs import AllOrNothing
 from kquant.quantization.pipeline import QuantizationResult
+from kquant.quantization.qdq import QdqPoints
 from kquant.runtime import Predictor
 from kquant.summarize import summarize_graph
 
 INT8_OP_PREFIXES = ("Quantize", "Dequantize", "_FusedQuantized", "_Quantized")
+EXPORT_FORMATS = ("saved_model", "qdq", "openvino")
 
 
 class QuantizedModel:
-    """An int8 graph ready to run, save as .pb, or export as a SavedModel."""
+    """An int8 graph ready to run, save as .pb, or export for a runtime (``export``)."""
 
     def __init__(self, result: QuantizationResult):
         self.result = result
         self._predictor = Predictor(result.int8)
+        self.openvino_precisions: dict[str, str] = {}  # after an OpenVINO export: int8 unit -> its runtime precision
 
     @property
     def graph(self) -> FrozenGraph:
@@ -49,31 +55,57 @@ class QuantizedModel:
         """Write the int8 GraphDef (.pb binary, .pbtxt text) without default-valued attributes, atomically."""
         return save_graph_def(without_default_attrs(self.graph_def), path)
 
-    def export(self, directory) -> Path:
-        """Write a SavedModel with a ``serving_default`` signature (what TF Serving deploys), atomically."""
-        directory = Path(directory)
-        if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
-            raise OutputWriteError(f"{directory} exists and is not an empty directory; choose a new directory for the SavedModel")
-        created = make_parents(directory.parent)
+    def export(self, path, format: str = "saved_model") -> Path:
+        """Write the model for a runtime, atomically and all or nothing:
+
+        - "saved_model": the int8 graph as a SavedModel directory with a ``serving_default`` signature (TF Serving);
+        - "qdq": the fp32 graph with FakeQuant wherever the int8 graph rounds and on its weights (per channel, narrow
+          range, the int8 graph's scales), the interchange OpenVINO, TFLite's converter and tf2onnx read: a GraphDef
+          when ``path`` ends in .pb/.pbtxt, else a SavedModel directory;
+        - "openvino": the QDQ graph as an OpenVINO IR, ``path`` (.xml) and the .bin beside it; then compiled for CPU,
+          warning about any int8 convolution or matmul OpenVINO does not run in int8 (``openvino_precisions``).
+        """
+        if format not in EXPORT_FORMATS:
+            raise ConfigurationError(f"format={format!r} is not an export format; choose one of {', '.join(EXPORT_FORMATS)}")
+        if format == "saved_model":
+            return _write_saved_model(self.graph, path)
+        if format == "openvino":
+            return self._export_openvino(Path(path))
+        graph = FrozenGraph(self.qdq_points().graph_def(), self.result.fp32.inputs, self.result.fp32.outputs)
+        if Path(path).suffix.lower() in GRAPH_SUFFIXES:
+            return save_graph_def(graph.graph_def, path)
+        return _write_saved_model(graph, path)
+
+    def qdq_points(self) -> QdqPoints:
+        """The QDQ export lowering of this model's plan: the emitted units, their ranges, weights behind FakeQuant
+        with the scales the int8 kernels use (pair-safe where the int8 graph's are)."""
+        result = self.result
+        return QdqPoints(result.fp32, result.units, result.ranges, weights="fake_quant",
+                         pair_safe=result.options.pair_safe_weights, per_channel=result.options.per_channel)
+
+    def _export_openvino(self, path: Path) -> Path:
+        from kquant.quantization import openvino as kov
+
+        if path.suffix.lower() != ".xml":
+            raise OutputWriteError(f"{path}: an OpenVINO IR is written as a .xml file (and the .bin beside it); "
+                                   "name the output .xml")
+        ov = kov.import_openvino()
+        points = self.qdq_points()
+        model = kov.convert(points.graph_def(), self.result.fp32, points.weights)
+        created = make_parents(path.parent)
         try:
-            staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        except OSError as exc:
+            with tempfile.TemporaryDirectory(prefix="kquant-openvino-") as staging:
+                staged = Path(staging) / "model.xml"
+                ov.save_model(model, str(staged), compress_to_fp16=False)
+                with AllOrNothing() as outputs:
+                    outputs.write(path.with_suffix(".bin"), lambda target: _copy(staged.with_suffix(".bin"), target))
+                    outputs.write(path, lambda target: _copy(staged, target))
+        except BaseException:
             remove_created(created)
-            raise OutputWriteError(f"cannot write in {directory.parent} ({exc.strerror or exc}); choose a writable directory") from exc
-        try:
-            module = _ServingModule(self.graph)
-            tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve})
-            if directory.exists():
-                directory.rmdir()
-            staging.rename(directory)
-        except BaseException as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            remove_created(created)
-            if isinstance(exc, (OSError, tf.errors.OpError)):
-                raise OutputWriteError(f"writing the SavedModel {directory} failed ({first_line(exc)}); nothing was left "
-                                       "behind: free disk space or choose another directory") from exc
             raise
-        return directory
+        self.openvino_precisions = kov.runtime_precisions(path, [w.anchor for w in points.weights])
+        kov.warn_unless_int8(self.openvino_precisions, self.result.layers)
+        return path
 
     @property
     def trials(self) -> list:
@@ -116,8 +148,40 @@ class QuantizedModel:
         return "\n".join(lines)
 
 
+def _write_saved_model(graph: FrozenGraph, directory) -> Path:
+    """``graph`` as a SavedModel with a ``serving_default`` signature (what TF Serving deploys), atomically."""
+    directory = Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise OutputWriteError(f"{directory} exists and is not an empty directory; choose a new directory for the SavedModel")
+    created = make_parents(directory.parent)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    except OSError as exc:
+        remove_created(created)
+        raise OutputWriteError(f"cannot write in {directory.parent} ({exc.strerror or exc}); choose a writable directory") from exc
+    try:
+        module = _ServingModule(graph)
+        tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve})
+        if directory.exists():
+            directory.rmdir()
+        staging.rename(directory)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        remove_created(created)
+        if isinstance(exc, (OSError, tf.errors.OpError)):
+            raise OutputWriteError(f"writing the SavedModel {directory} failed ({first_line(exc)}); nothing was left "
+                                   "behind: free disk space or choose another directory") from exc
+        raise
+    return directory
+
+
+def _copy(source: Path, target: Path) -> None:
+    with atomic_write(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
 class _ServingModule(tf.Module):
-    """A tf.Module calling the int8 GraphDef, so tf.saved_model can store it."""
+    """A tf.Module calling a frozen GraphDef (the int8 or the QDQ graph), so tf.saved_model can store it."""
 
     def __init__(self, graph: FrozenGraph):
         super().__init__()

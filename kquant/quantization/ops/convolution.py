@@ -104,7 +104,7 @@ class Convolution(weighted.WeightedQuantizer):
                            conv_attrs)
 
     def qdq(self, unit: Unit, points) -> None:
-        points.round_weights(unit, per_channel=True)
+        points.round_weights(unit, per_channel=True, sums_pairs=self.family != "depthwise")
         points.round(unit.output_tensor)
         points.enter(unit.data_input)
         if unit.summand:

@@ -95,7 +95,7 @@ class MatMul(weighted.WeightedQuantizer):
         return lowering.shifted_output(base, k, dtype, out_shift)
 
     def qdq(self, unit: Unit, points) -> None:
-        points.round_weights(unit, per_channel=False)
+        points.round_weights(unit, per_channel=False, sums_pairs=True)
         if unit.output_tensor in points.read_as_int8:  # read only by fp32 ops, it dequantizes in its kernel, unrounded
             points.round(unit.output_tensor)
         points.enter(unit.data_input)
