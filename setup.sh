@@ -5,7 +5,7 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,openvino]"  # OpenVINO: the optional runtime its export tests use
 .venv/bin/python -m pip install -q --no-deps -r requirements-data.txt
 if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
   if [ "$(id -u)" = 0 ]; then

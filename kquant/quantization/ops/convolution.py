@@ -22,6 +22,7 @@ class Convolution(weighted.WeightedQuantizer):
     op_types = ("Conv2D",)
     fused_op = "_FusedQuantizedConv2D"
     stem_candidate = True
+    sums_pairs = True  # sums products over input-channel pairs, which oneDNN forms in int16 without VNNI
     patterns = weighted.chain_patterns("Conv2D", "Relu|Relu6", residual=True)
 
     def supported(self, unit: Unit, lowering) -> bool:
@@ -58,10 +59,9 @@ class Convolution(weighted.WeightedQuantizer):
         anchor = self.anchor(unit, lowering)
         x = lowering.input(unit.data_input, unit)
         weights = weighted.weights_of(unit, lowering)
-        depthwise = self.family == "depthwise"
         channels = output_channels(anchor, weights.shape)
         q_weights, w_max = quantize_weights(weights, channels, lowering.options.per_channel,
-                                            pair_safe=lowering.pair_safe(x) and not depthwise)
+                                            pair_safe=lowering.pair_safe(x) and self.sums_pairs)
         lo, hi, dtype, out_shift = weighted.output_range(unit, lowering)
         base, k = f"{unit.output}_int8", lowering.const_scope()
         bias = weighted.bias(unit, lowering, channels) - (out_shift[0] if out_shift else 0.0)  # shifted codes hold x - low
@@ -104,7 +104,7 @@ class Convolution(weighted.WeightedQuantizer):
                            conv_attrs)
 
     def qdq(self, unit: Unit, points) -> None:
-        points.round_weights(unit, per_channel=True, sums_pairs=self.family != "depthwise")
+        points.round_weights(unit, per_channel=True, sums_pairs=self.sums_pairs)
         points.round(unit.output_tensor)
         points.enter(unit.data_input)
         if unit.summand:

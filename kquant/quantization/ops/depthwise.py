@@ -18,6 +18,7 @@ class DepthwiseConvolution(Convolution):
     family = "depthwise"
     op_types = ("DepthwiseConv2dNative",)
     fused_op = "_FusedQuantizedDepthwiseConv2D"
+    sums_pairs = False  # one input channel per output channel
     patterns = weighted.chain_patterns("DepthwiseConv2dNative", "Relu|Relu6", residual=True)
 
     def match(self, node, graph: PlanGraph) -> Unit | None:
