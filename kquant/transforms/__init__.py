@@ -14,8 +14,9 @@ from kquant.transforms.stock import STOCK_TRANSFORMS
 
 
 def optimize_for_inference(frozen):
-    """Run kquant's list for Keras graphs before int8 (``optimize_for_inference_trans``) on a FrozenGraph or GraphDef."""
-    return apply_transforms(frozen, optimize_for_inference_trans)
+    """Run kquant's list for Keras graphs before int8 (``optimize_for_inference_trans``) on a FrozenGraph or GraphDef;
+    a transform that fails is skipped with one warning (degrade, don't fail)."""
+    return apply_transforms(frozen, optimize_for_inference_trans, skip_failing=True)
 
 
 __all__ = [

@@ -20,11 +20,13 @@ from kquant.transforms.parse import TransformSpec, parse_transforms
 from kquant.transforms.registry import declared_parameters, python_transforms
 from kquant.transforms.stock import STOCK_TRANSFORMS, run_stock
 
-def apply_transforms(graph, transforms, inputs=None, outputs=None):
+def apply_transforms(graph, transforms, inputs=None, outputs=None, *, skip_failing=False):
     """Apply ``transforms`` (strings as the Graph Transform Tool takes them) to a GraphDef or FrozenGraph.
 
     Returns the same type, never editing ``graph``. ``inputs``/``outputs`` (node or tensor names, one
-    string or a list) default to the FrozenGraph's, or to what summarize_graph finds.
+    string or a list) default to the FrozenGraph's, or to what summarize_graph finds. With ``skip_failing``
+    (kquant's own lists, whose every transform keeps the graph's function) a transform that fails is skipped
+    with one warning naming it, and the others still run.
     """
     frozen = graph if isinstance(graph, FrozenGraph) else None
     graph_def = frozen.graph_def if frozen else graph
@@ -39,10 +41,10 @@ def apply_transforms(graph, transforms, inputs=None, outputs=None):
     for is_stock, group in itertools.groupby(specs, key=lambda spec: spec.name in STOCK_TRANSFORMS):
         group = list(group)
         if is_stock:
-            graph_def = run_stock(graph_def, group, inputs, outputs)
+            graph_def = run_stock(graph_def, group, inputs, outputs, skip_failing=skip_failing)
         else:
             for spec in group:
-                graph_def = _run_python(graph_def, TransformContext(inputs, outputs, spec))
+                graph_def = _run_python(graph_def, TransformContext(inputs, outputs, spec), skip_failing)
     if graph_def is original:  # nothing changed: still hand back a graph of its own
         graph_def = graph_pb2.GraphDef()
         graph_def.CopyFrom(original)
@@ -153,14 +155,15 @@ def _node_names(names) -> tuple[str, ...]:
     return tuple(dict.fromkeys(node_name(name) for name in names))
 
 
-def _run_python(graph_def, context: TransformContext):
+def _run_python(graph_def, context: TransformContext, skip_failing=False):
     transform = python_transforms()[context.name]
     ignore_errors = context.get_one_bool("ignore_errors", False)
     try:
         return transform(graph_def, context)
     except Exception as exc:
-        if ignore_errors:  # skip the transform whatever failed, as the C++ tool does
-            warnings.warn(f"{context.name} failed and was skipped (ignore_errors=true): {first_line(exc)}", stacklevel=2)
+        if ignore_errors or skip_failing:  # skip the transform whatever failed, as the C++ tool does
+            why = "ignore_errors=true" if ignore_errors else "the graph keeps its function without it"
+            warnings.warn(f"{context.name} failed and was skipped ({why}): {first_line(exc)}", stacklevel=2)
             return graph_def
         if isinstance(exc, KQuantError):
             raise

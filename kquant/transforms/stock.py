@@ -76,8 +76,9 @@ CAVEATS = {
                                 "and ignores half_pixel_centers=True (TF2's tf.image.resize, Keras Resizing/UpSampling2D)",
 }
 
-def run_stock(graph_def: graph_pb2.GraphDef, specs, inputs, outputs) -> graph_pb2.GraphDef:
-    """Run consecutive stock transforms in one call of the C++ tool; a failure names the transform that failed."""
+def run_stock(graph_def: graph_pb2.GraphDef, specs, inputs, outputs, *, skip_failing=False) -> graph_pb2.GraphDef:
+    """Run consecutive stock transforms in one call of the C++ tool; a failure names the transform that failed,
+    or with ``skip_failing`` skips it with one warning (the others still run)."""
     for spec in specs:
         if spec.name in CAVEATS:
             warnings.warn(f"{spec.name}: {CAVEATS[spec.name]}; check the outputs (mkl_fuse_pad_and_conv folds zero "
@@ -85,10 +86,16 @@ def run_stock(graph_def: graph_pb2.GraphDef, specs, inputs, outputs) -> graph_pb
     try:
         return _call(graph_def, specs, inputs, outputs)
     except TransformError:
-        if len(specs) == 1:
+        if len(specs) == 1 and not skip_failing:
             raise
     for spec in specs:  # rerun one at a time to name the culprit
-        graph_def = _call(graph_def, [spec], inputs, outputs)
+        try:
+            graph_def = _call(graph_def, [spec], inputs, outputs)
+        except TransformError as exc:
+            if not skip_failing:
+                raise
+            warnings.warn(f"{spec.name} failed and was skipped (the graph keeps its function without it): "
+                          f"{first_line(exc)}", stacklevel=3)
     return graph_def
 
 

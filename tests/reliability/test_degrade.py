@@ -184,3 +184,29 @@ def test_a_rewrite_that_fails_on_one_site_leaves_it_and_rewrites_the_rest(path, 
     before, after, rest = changed(prepared), changed(whole), changed(result)
     assert min(before, after) < rest < max(before, after)  # every site but the failing one rewritten
     assert_same_outputs(case, result, EXACT)
+
+
+def test_a_transform_of_the_optimize_list_that_fails_is_skipped_with_one_warning_and_the_rest_run(monkeypatch):
+    from kquant.transforms import optimize_for_inference, python_transforms, stock
+
+    case = keras3_bn_convs()
+    real_call = stock._call
+
+    def failing_stock(graph_def, specs, inputs, outputs):
+        if any(spec.name == "fold_old_batch_norms" for spec in specs):
+            raise kquant.errors.TransformError("fold_old_batch_norms failed in TensorFlow's graph transform tool: boom")
+        return real_call(graph_def, specs, inputs, outputs)
+
+    def failing_python(graph_def, context):
+        raise ValueError("an unforeseen form")
+
+    monkeypatch.setattr(stock, "_call", failing_stock)
+    monkeypatch.setitem(python_transforms(), "fold_static_shapes", failing_python)
+    with pytest.warns(UserWarning) as caught:
+        result = optimize_for_inference(case.frozen)
+    skipped = sorted(str(w.message).split(" ")[0] for w in caught if "was skipped" in str(w.message))
+    assert skipped == ["fold_old_batch_norms", "fold_static_shapes"]
+    assert count_ops(result)["FusedBatchNormV3"] == 0 and count_ops(result)["Mul"] == 0  # the other folds ran
+    assert_same_outputs(case, result, 1e-5)
+    with pytest.raises(kquant.errors.TransformError):  # a list the user gives still stops at the failure
+        apply_transforms(case.frozen, ["fold_old_batch_norms"])
