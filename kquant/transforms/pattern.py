@@ -106,9 +106,10 @@ def warn_left_as_it_was(transform: str, node, exc: Exception) -> None:
                   f"({type(exc).__name__}: {first_line(exc)})", stacklevel=3)
 
 
-def match_at(pattern: P, node, index: GraphIndex) -> Match | None:
-    """Match ``pattern`` with ``node`` as its root, or None."""
-    match = Match(node, {}, {}, [])
+def match_at(pattern: P, node, index: GraphIndex, bound=None) -> Match | None:
+    """Match ``pattern`` with ``node`` as its root, or None; ``bound`` (label -> node) fixes what some labels must
+    match, so a commutative node tries its other order rather than bind them elsewhere."""
+    match = Match(node, dict(bound or {}), {}, [])
     return match if _match(pattern, node.name, node, index, match) else None
 
 
@@ -118,6 +119,8 @@ def _match(pattern: P, tensor: str, node, index: GraphIndex, match: Match) -> bo
             match.tensors[pattern.label] = tensor
         return True
     if node is None or not pattern.accepts(node.op) or output_index(tensor) != 0:
+        return False
+    if pattern.label in match.nodes and match.nodes[pattern.label] is not node:  # a label stands for one node
         return False
     if pattern.inputs:
         inputs = index.data_inputs(node)

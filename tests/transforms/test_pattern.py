@@ -98,3 +98,12 @@ def test_nodes_outside_the_match_keep_repeated_inputs():
     g = graph(("x", "Placeholder"), ("a", "Abs", "x"), ("n", "Neg", "a"), ("sq", "Mul", "n", "n", "^x"), ("out", "Identity", "sq"))
     result = replace_matching(g, [NEG_ABS], to_relu, protected=["x", "out"])
     assert ops(result)["sq"] == ("Mul", ["n", "n", "^x"]) and ops(result)["n"] == ("Relu", ["x"])
+
+
+def test_a_bound_label_makes_a_commutative_node_try_its_other_order():
+    g = graph(("x", "Placeholder"), ("a", "Abs", "x"), ("b", "Abs", "x"), ("s", "AddV2", "a", "b"))
+    index = GraphIndex(g)
+    pattern = P("AddV2", P("Abs", "mine", P("*")), P("*", "other"), commutative=True)
+    assert match_at(pattern, index.by_name["s"], index)["mine"].name == "a"
+    bound = match_at(pattern, index.by_name["s"], index, bound={"mine": index.by_name["b"]})
+    assert bound["mine"].name == "b" and bound.tensors["other"] == "a"

@@ -130,8 +130,8 @@ def claim_chain(patterns, anchor, index: GraphIndex, accept) -> Match | None:
         chain.append(reader)
     for tail in reversed(chain):
         for pattern in patterns:
-            match = match_at(pattern, tail, index)
-            if match is not None and match.nodes.get("anchor") is anchor and accept(match):
+            match = match_at(pattern, tail, index, bound={"anchor": anchor})
+            if match is not None and accept(match):
                 return match
     return None
 

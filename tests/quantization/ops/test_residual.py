@@ -27,3 +27,15 @@ def test_x_plus_conv_of_x_keeps_its_add_fp32():
     result = lowered(lambda x: tf.nn.relu(tf.nn.conv2d(x, W1, 1, "SAME") + x), (6, 6, 4), low=0.0)
     (unit,) = result.emitted
     assert not unit.summand and "AddV2" in result.ops() and result.within_steps()
+
+
+def test_the_add_is_claimed_by_its_conv_whichever_input_it_is_when_the_other_is_a_conv_too():
+    def fn(x):
+        shortcut = tf.nn.bias_add(tf.nn.conv2d(x, W1, 1, "SAME"), tf.ones(4))  # another biased conv, read twice
+        branch = tf.nn.relu(tf.nn.conv2d(shortcut, W3, 1, "SAME"))  # 1x1: the signed shortcut is read shifted
+        return tf.add(shortcut, tf.nn.conv2d(branch, W2, 1, "SAME"))  # the summand comes first
+
+    result = lowered(fn, (6, 6, 4))
+    (unit,) = [u for u in result.units if u.summand]
+    assert unit.anchor == result.units[-1].anchor and unit.summand.startswith(result.units[0].output)
+    assert "AddV2" not in result.ops() and result.within_steps()
