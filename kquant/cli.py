@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "sensitive layers in fp32 until the accuracy drop is at most --max-accuracy-drop")
     p.add_argument("--max-accuracy-drop", type=float, default=0.01,
                    help="largest accepted relative top-1 accuracy drop with --labels (default 0.01: 1%%)")
+    p.add_argument("--target", choices=("tensorflow", "openvino"), default="tensorflow",
+                   help="the runtime the model is deployed on: with openvino, --labels tuning scores every candidate as "
+                        "OpenVINO runs it (default tensorflow)")
     p.add_argument("--save-stages", metavar="DIR", help="also write the optimized fp32 graph, the int8 graph before "
                                                         "merging and the calibrated ranges as a seed min/max log")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
@@ -318,7 +321,7 @@ def _quantize(args) -> int:
     check_new_directory(args.save_stages, "--save-stages")
     if args.format in ("saved_model", "qdq") and not Path(args.output).suffix:
         check_new_directory(args.output, "-o")
-    if args.format == "openvino":  # before any work: a missing runtime fails at once
+    if "openvino" in (args.format, args.target):  # before any work: a missing runtime fails at once
         from kquant.quantization.openvino import import_openvino
 
         import_openvino()
@@ -335,7 +338,8 @@ def _quantize(args) -> int:
                                per_channel=args.per_channel, stem=args.stem)
     qmodel = converter.convert(data, calibration=args.calibration, min_max_log=args.min_max_log,
                                batch_size=args.batch_size, progress=not args.no_progress, eval_fn=eval_fn,
-                               max_accuracy_drop=args.max_accuracy_drop, max_batches=args.calib_batches)
+                               max_accuracy_drop=args.max_accuracy_drop, max_batches=args.calib_batches,
+                               target=args.target)
     report = qmodel.report().to_html(title=f"kquant per-layer report: {args.model}") if args.report else None
     with AllOrNothing() as outputs:
         if args.format == "pb":
