@@ -191,8 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_transform)
 
     p = sub.add_parser("bench", help="latency, throughput, file size and accuracy of the fp32 graph and an int8 one")
-    p.add_argument("model", help="the fp32 model: a .keras/.h5 file, SavedModel directory or .pb/.pbtxt graph")
-    p.add_argument("--int8", metavar="Q.pb", help="the int8 graph to compare with (from kquant quantize)")
+    p.add_argument("model", help="the fp32 model: a .keras/.h5 file, SavedModel directory or .pb/.pbtxt graph, or an "
+                                 "OpenVINO .xml (+ .bin)")
+    p.add_argument("--int8", metavar="Q.pb", help="the int8 model to compare with (from kquant quantize): a .pb/.pbtxt "
+                                                  "graph run in TensorFlow or an OpenVINO .xml (+ .bin)")
     p.add_argument("--batch", type=_batches, default=[1, 32], help="comma-separated batch sizes (default 1,32)")
     p.add_argument("--runs", type=int, default=100, help="timed runs per graph and batch size (default 100)")
     p.add_argument("--data", help="samples to time and evaluate on: .npy or .npz (default: random inputs)")
@@ -409,14 +411,21 @@ def _batches(text: str) -> list[int]:
 
 
 def _bench(args) -> int:
+    from pathlib import Path
+
     import kquant
     from kquant.benchmark import benchmark
+    from kquant.errors import ConfigurationError
 
     from kquant.files import load_arrays
 
     data = load_arrays(args.data, role="benchmark data") if args.data else None
     labels = load_arrays(args.labels, role="labels") if args.labels else None
-    model = kquant.freeze(args.model, signature=args.signature, safe_mode=not args.unsafe_deserialization)
+    model = args.model
+    if Path(model).suffix.lower() != ".xml":  # an OpenVINO IR is read by benchmark, TF models frozen here
+        model = kquant.freeze(model, signature=args.signature, safe_mode=not args.unsafe_deserialization)
+    elif args.signature:
+        raise ConfigurationError(f"--signature names a SavedModel signature; {args.model} is an OpenVINO IR: drop it")
     report = benchmark(model, args.int8, batches=args.batch,
                        runs=args.runs, data=data, labels=labels, progress=not args.no_progress)
     print(report)
