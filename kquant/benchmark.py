@@ -7,6 +7,7 @@ import functools
 import json
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -187,8 +188,8 @@ def benchmark(model, int8=None, *, batches=(1, 32), runs=100, data=None, labels=
     runners = {}
     total = len(batches) * len(timed) * (runs + WARMUP_RUNS) + len(eval_batches) * len(timed)
     try:
-        for name, model_ in timed.items():
-            runners[name] = model_.runner(fp32.inputs, threads)
+        for name, candidate in timed.items():
+            runners[name] = candidate.runner(fp32.inputs, threads)
         with tqdm(total=total, desc="benchmarking", unit="run", disable=not progress, leave=False) as bar:
             timings = {name: {} for name in runners}
             for batch in batches:
@@ -196,11 +197,13 @@ def benchmark(model, int8=None, *, batches=(1, 32), runs=100, data=None, labels=
                 calls = {name: functools.partial(run, *arrays) for name, run in runners.items()}
                 for name, seconds in time_interleaved(calls, runs, bar=bar).items():
                     timings[name][batch] = summarize_times(batch, seconds)
-            passes = {name: _predict(run, eval_batches, bar, fp32.outputs[0].name) for name, run in runners.items()} if eval_batches else {}
+            output = fp32.outputs[0].name
+            passes = {name: _predict(run, eval_batches, bar, output) for name, run in runners.items()} if eval_batches else {}
     finally:
         for run in runners.values():
             run.close()
-    variants = {name: VariantReport(model_.label(name), model_.size_bytes(), timings[name]) for name, model_ in timed.items()}
+    variants = {name: VariantReport(candidate.label(name), candidate.size_bytes(), timings[name])
+                for name, candidate in timed.items()}
     if passes:
         outputs = {name: out for name, (out, _) in passes.items()}
         for name, (_, seconds) in passes.items():
@@ -258,8 +261,6 @@ class _TimedOpenVino:
     def size_bytes(self) -> int:
         if self.files is not None:
             return sum(path.stat().st_size for path in self.files)
-        import tempfile
-
         from kquant.quantization.openvino import import_openvino
 
         with tempfile.TemporaryDirectory(prefix="kquant-bench-") as folder:

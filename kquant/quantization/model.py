@@ -36,7 +36,8 @@ class QuantizedModel:
         if result.target == "openvino":
             from kquant.quantization.openvino import OpenVinoRunner
 
-            self._predictor = Predictor(result.fp32, runner=lambda: OpenVinoRunner(self.openvino_model(), result.fp32.inputs))
+            self._predictor = Predictor(result.fp32,
+                                        runner=lambda: OpenVinoRunner(self.openvino_model(), result.fp32.inputs))
         else:
             self._predictor = Predictor(result.int8)
         self.openvino_precisions: dict[str, str] = {}  # after an OpenVINO export: int8 unit -> its runtime precision

@@ -137,8 +137,9 @@ class OpenVinoRunner:
         names = [port.get_names() for port in self.compiled.inputs]
         self._ports = [next((i for i, n in enumerate(names) if spec.name in n or spec.node in n), None) for spec in inputs]
         if None in self._ports:
-            raise ModelInputError(f"the OpenVINO model's inputs ({', '.join(_port_name(p) for p in self.compiled.inputs)}) "
-                                  f"are not the graph's ({', '.join(s.name for s in inputs)}); pass a model with the same inputs")
+            found = ", ".join(_port_name(port) for port in self.compiled.inputs)
+            raise ModelInputError(f"the OpenVINO model's inputs ({found}) are not the graph's "
+                                  f"({', '.join(s.name for s in inputs)}); pass a model with the same inputs")
         self._request = self.compiled.create_infer_request()
 
     def __call__(self, *arrays) -> list[np.ndarray]:

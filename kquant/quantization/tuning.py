@@ -72,7 +72,8 @@ def tune(baseline, eval_fn, attempt, ranked, *, calibrations, max_accuracy_drop,
                        predictor or (lambda graph, calibration, fell_back: Predictor(graph)))
 
 
-def _search(baseline, eval_fn, attempt, ranked, calibrations, max_accuracy_drop, relative, max_trials, bar, predictor_for):
+def _search(baseline, eval_fn, attempt, ranked, calibrations, max_accuracy_drop, relative, max_trials, bar,
+            predictor_for):
     trials: list[Trial] = []
     best = None
 
