@@ -14,7 +14,7 @@ def quantize(model, calibration_data, *, inputs=None, outputs=None, per_channel=
              excluded_ops=(), excluded_nodes=(), batch_size=DEFAULT_BATCH_SIZE, progress=True,
              calibration_options=None, signature=None, input_shapes=None, eval_fn=None, max_accuracy_drop=0.01,
              relative=True, max_trials=20, fallback="fp32", kernels="onednn", stem="fp32", max_batches=None,
-             safe_mode=True) -> "QuantizedModel":
+             safe_mode=True, target="tensorflow") -> "QuantizedModel":
     """Quantize ``model`` (any form ``kquant.freeze`` accepts) to int8, calibrating on ``calibration_data``.
 
     ``calibration_data``: an array, a list/tuple of arrays (one per input), a dict name -> array,
@@ -32,12 +32,18 @@ def quantize(model, calibration_data, *, inputs=None, outputs=None, per_channel=
     calibration algorithms and then keeps the most sensitive ops out of int8 (in ``fallback``
     precision, "fp32" or "bf16"), up to ``max_trials``. The best model is returned either way;
     ``qmodel.trials`` is the log. Every option is checked first (``QuantizationConfig``).
+
+    ``target``: the runtime the model is deployed on, "tensorflow" (default) or "openvino" (``pip install
+    "kquant[openvino]"``): with "openvino", ``predict`` and every tuning candidate run the model's OpenVINO form
+    (what ``export(format="openvino")`` writes), so the accuracy tuning promises is OpenVINO's; ``graph_def``
+    stays the TF int8 graph.
     """
     config = QuantizationConfig(per_channel=per_channel, calibration=calibration,
                                 calibration_options=calibration_options, excluded_ops=excluded_ops,
                                 excluded_nodes=excluded_nodes, stem=stem, fallback=fallback, kernels=kernels,
                                 batch_size=batch_size, max_batches=max_batches, max_accuracy_drop=max_accuracy_drop,
-                                relative=relative, max_trials=max_trials)
+                                relative=relative, max_trials=max_trials, target=target)
+    config.check_runtime()
     check_bool("progress", progress)
     check_callable("eval_fn", eval_fn, "a function predict -> score (a number, higher is better)", optional=True)
     check_calibration_data(calibration_data)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -163,30 +165,31 @@ def benchmark(model, int8=None, *, batches=(1, 32), runs=100, data=None, labels=
               progress=True, safe_mode=True) -> BenchmarkReport:
     """Time ``model`` (its optimized fp32 graph) and, if given, the ``int8`` graph in interleaved rounds.
 
-    ``model``: anything ``kquant.freeze`` accepts. ``int8``: a QuantizedModel, a .pb/.pbtxt path, a GraphDef
-    or a FrozenGraph with the same input and output names. ``data`` (default: random inputs) is timed at
-    each of ``batches`` (rows repeated when fewer) and, when given, evaluated: classification accuracy
-    against ``labels``, top-1 agreement with ``reference`` outputs (default: the fp32 graph's).
+    ``model``: anything ``kquant.freeze`` accepts, or an OpenVINO IR (.xml, its .bin beside it). ``int8``: a
+    QuantizedModel (run on its target: TF, or its OpenVINO form for ``target="openvino"``), a .pb/.pbtxt path, a
+    GraphDef or a FrozenGraph with the same input and output names, or an OpenVINO .xml. ``data`` (default: random
+    inputs) is timed at each of ``batches`` (rows repeated when fewer) and, when given, evaluated: classification
+    accuracy against ``labels``, top-1 agreement with ``reference`` outputs (default: the fp32 model's).
     """
-    from kquant.transforms import optimize_for_inference
-
     batches = _checked_batches(batches)
     check_int("runs", runs, minimum=1)
     check_bool("progress", progress)
     if data is None and (labels is not None or reference is not None):
         raise ConfigurationError("labels and reference describe data; pass data too")
-    graphs = {"fp32": optimize_for_inference(freeze(model, safe_mode=safe_mode))}
+    threads = session_config().intra_op_parallelism_threads
+    timed = {"fp32": _openvino_ir(model) if _is_ir(model) else _fp32_graph(model, safe_mode)}
     if int8 is not None:
-        ensure_onednn()
-        graphs["int8"] = _int8_graph(int8, graphs["fp32"])
-    fp32 = graphs["fp32"]
+        timed["int8"] = _int8_model(int8, timed["fp32"])
+    fp32 = timed["fp32"]
     pass_batch = max(batches)  # the pass over the data runs at the largest timed batch size
     eval_batches = list(iter_batches(data, fp32.inputs, pass_batch, role="benchmark data")) if data is not None else []
     columns = [np.concatenate(c) for c in zip(*eval_batches)] if eval_batches else _random_inputs(fp32, max(batches))
     records = len(columns[0]) if eval_batches else 0
-    runners = {name: GraphRunner(g.graph_def, g.input_names, g.output_names) for name, g in graphs.items()}
-    total = len(batches) * len(runners) * (runs + WARMUP_RUNS) + len(eval_batches) * len(runners)
+    runners = {}
+    total = len(batches) * len(timed) * (runs + WARMUP_RUNS) + len(eval_batches) * len(timed)
     try:
+        for name, candidate in timed.items():
+            runners[name] = candidate.runner(fp32.inputs, threads)
         with tqdm(total=total, desc="benchmarking", unit="run", disable=not progress, leave=False) as bar:
             timings = {name: {} for name in runners}
             for batch in batches:
@@ -194,21 +197,106 @@ def benchmark(model, int8=None, *, batches=(1, 32), runs=100, data=None, labels=
                 calls = {name: functools.partial(run, *arrays) for name, run in runners.items()}
                 for name, seconds in time_interleaved(calls, runs, bar=bar).items():
                     timings[name][batch] = summarize_times(batch, seconds)
-            passes = {name: _predict(run, eval_batches, bar, graphs[name].output_names[0]) for name, run in runners.items()} if eval_batches else {}
+            output = fp32.outputs[0].name
+            passes = {name: _predict(run, eval_batches, bar, output) for name, run in runners.items()} if eval_batches else {}
     finally:
         for run in runners.values():
             run.close()
-    written = {"fp32": graphs["fp32"].graph_def}  # the files kquant writes: an int8 one without default-valued attributes
-    written.update({name: without_default_attrs(g.graph_def) for name, g in graphs.items() if name != "fp32"})
-    variants = {name: VariantReport(name, len(serialize_graph_def(written[name], text=False)), timings[name])
-                for name in graphs}
+    variants = {name: VariantReport(candidate.label(name), candidate.size_bytes(), timings[name])
+                for name, candidate in timed.items()}
     if passes:
         outputs = {name: out for name, (out, _) in passes.items()}
         for name, (_, seconds) in passes.items():
             variants[name].dataset = DatasetPass(pass_batch, len(eval_batches), seconds, records)
         _score(variants, outputs, records, labels, reference)
-    return BenchmarkReport(variants, records, session_config().intra_op_parallelism_threads,
-                           "fp32" if reference is None else "reference")
+    return BenchmarkReport(variants, records, threads, "fp32" if reference is None else "reference")
+
+
+@dataclasses.dataclass
+class _TimedGraph:
+    """A graph timed in TF's executor; ``written``: the GraphDef of the file kquant writes for it (its size)."""
+
+    graph: FrozenGraph
+    written: graph_pb2.GraphDef
+
+    @property
+    def inputs(self):
+        return self.graph.inputs
+
+    @property
+    def outputs(self):
+        return self.graph.outputs
+
+    def runner(self, inputs, threads):
+        return GraphRunner(self.graph.graph_def, [s.name for s in inputs], self.graph.output_names, threads=threads)
+
+    def label(self, name: str) -> str:
+        return name
+
+    def size_bytes(self) -> int:
+        return len(serialize_graph_def(self.written, text=False))
+
+
+@dataclasses.dataclass
+class _TimedOpenVino:
+    """An OpenVINO model timed in OpenVINO's CPU runtime; ``files``: its .xml and .bin (their size), or None for a
+    model in memory (its size is that of the IR it would be saved as)."""
+
+    model: object
+    files: tuple | None = None
+
+    def __post_init__(self):
+        from kquant.quantization.openvino import model_specs
+
+        self.inputs, self.outputs = model_specs(self.model)
+
+    def runner(self, inputs, threads):
+        from kquant.quantization.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(self.model, inputs, threads=threads)
+
+    def label(self, name: str) -> str:
+        return f"{name} (OpenVINO)"
+
+    def size_bytes(self) -> int:
+        if self.files is not None:
+            return sum(path.stat().st_size for path in self.files)
+        from kquant.quantization.openvino import import_openvino
+
+        with tempfile.TemporaryDirectory(prefix="kquant-bench-") as folder:
+            xml = Path(folder) / "model.xml"
+            import_openvino().save_model(self.model.clone(), str(xml), compress_to_fp16=False)
+            return xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+
+
+def _is_ir(model) -> bool:
+    return isinstance(model, (str, os.PathLike)) and Path(model).suffix.lower() == ".xml"
+
+
+def _openvino_ir(path) -> _TimedOpenVino:
+    from kquant.quantization.openvino import read_ir
+
+    model = read_ir(path)
+    return _TimedOpenVino(model, (Path(path), Path(path).with_suffix(".bin")))
+
+
+def _fp32_graph(model, safe_mode) -> _TimedGraph:
+    from kquant.transforms import optimize_for_inference
+
+    graph = optimize_for_inference(freeze(model, safe_mode=safe_mode))
+    return _TimedGraph(graph, graph.graph_def)
+
+
+def _int8_model(int8, fp32):
+    """The int8 model to time: an OpenVINO IR or a target="openvino" QuantizedModel's OpenVINO form, else the int8
+    GraphDef as given, fed and fetched by the fp32 model's tensor names."""
+    if _is_ir(int8):
+        return _openvino_ir(int8)
+    if getattr(int8, "target", None) == "openvino":
+        return _TimedOpenVino(int8.openvino_model())
+    ensure_onednn()
+    graph = _int8_graph(int8, fp32)
+    return _TimedGraph(graph, without_default_attrs(graph.graph_def))
 
 
 def time_interleaved(calls: dict, runs: int, *, warmup: int = WARMUP_RUNS, rounds: int = ROUNDS, bar=None) -> dict:
@@ -257,16 +345,16 @@ def _top5(outputs, labels) -> float | None:
     return 100.0 * float(np.mean((best == labels[:, None]).any(-1)))
 
 
-def _int8_graph(int8, fp32: FrozenGraph) -> FrozenGraph:
-    """The int8 GraphDef as given, fed and fetched by the fp32 graph's tensor names."""
+def _int8_graph(int8, fp32) -> FrozenGraph:
+    """The int8 GraphDef as given, fed and fetched by the fp32 model's tensor names (``fp32.inputs``/``outputs``)."""
     if isinstance(int8, graph_pb2.GraphDef):
         graph_def = int8
     elif isinstance(getattr(int8, "graph_def", None), graph_pb2.GraphDef):  # a QuantizedModel or a FrozenGraph
         graph_def = int8.graph_def
     else:
         graph_def = load_graph_def(int8)
-    check_nodes_exist(graph_def, fp32.input_names, "input")
-    check_nodes_exist(graph_def, fp32.output_names, "output")
+    check_nodes_exist(graph_def, [spec.name for spec in fp32.inputs], "input")
+    check_nodes_exist(graph_def, [spec.name for spec in fp32.outputs], "output")
     return FrozenGraph(graph_def, fp32.inputs, fp32.outputs)
 
 

@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "sensitive layers in fp32 until the accuracy drop is at most --max-accuracy-drop")
     p.add_argument("--max-accuracy-drop", type=float, default=0.01,
                    help="largest accepted relative top-1 accuracy drop with --labels (default 0.01: 1%%)")
+    p.add_argument("--target", choices=("tensorflow", "openvino"), default="tensorflow",
+                   help="the runtime the model is deployed on: with openvino, --labels tuning scores every candidate as "
+                        "OpenVINO runs it (default tensorflow)")
     p.add_argument("--save-stages", metavar="DIR", help="also write the optimized fp32 graph, the int8 graph before "
                                                         "merging and the calibrated ranges as a seed min/max log")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
@@ -188,8 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_transform)
 
     p = sub.add_parser("bench", help="latency, throughput, file size and accuracy of the fp32 graph and an int8 one")
-    p.add_argument("model", help="the fp32 model: a .keras/.h5 file, SavedModel directory or .pb/.pbtxt graph")
-    p.add_argument("--int8", metavar="Q.pb", help="the int8 graph to compare with (from kquant quantize)")
+    p.add_argument("model", help="the fp32 model: a .keras/.h5 file, SavedModel directory or .pb/.pbtxt graph, or an "
+                                 "OpenVINO .xml (+ .bin)")
+    p.add_argument("--int8", metavar="Q.pb", help="the int8 model to compare with (from kquant quantize): a .pb/.pbtxt "
+                                                  "graph run in TensorFlow or an OpenVINO .xml (+ .bin)")
     p.add_argument("--batch", type=_batches, default=[1, 32], help="comma-separated batch sizes (default 1,32)")
     p.add_argument("--runs", type=int, default=100, help="timed runs per graph and batch size (default 100)")
     p.add_argument("--data", help="samples to time and evaluate on: .npy or .npz (default: random inputs)")
@@ -318,7 +323,7 @@ def _quantize(args) -> int:
     check_new_directory(args.save_stages, "--save-stages")
     if args.format in ("saved_model", "qdq") and not Path(args.output).suffix:
         check_new_directory(args.output, "-o")
-    if args.format == "openvino":  # before any work: a missing runtime fails at once
+    if "openvino" in (args.format, args.target):  # before any work: a missing runtime fails at once
         from kquant.quantization.openvino import import_openvino
 
         import_openvino()
@@ -335,7 +340,8 @@ def _quantize(args) -> int:
                                per_channel=args.per_channel, stem=args.stem)
     qmodel = converter.convert(data, calibration=args.calibration, min_max_log=args.min_max_log,
                                batch_size=args.batch_size, progress=not args.no_progress, eval_fn=eval_fn,
-                               max_accuracy_drop=args.max_accuracy_drop, max_batches=args.calib_batches)
+                               max_accuracy_drop=args.max_accuracy_drop, max_batches=args.calib_batches,
+                               target=args.target)
     report = qmodel.report().to_html(title=f"kquant per-layer report: {args.model}") if args.report else None
     with AllOrNothing() as outputs:
         if args.format == "pb":
@@ -405,14 +411,21 @@ def _batches(text: str) -> list[int]:
 
 
 def _bench(args) -> int:
+    from pathlib import Path
+
     import kquant
     from kquant.benchmark import benchmark
+    from kquant.errors import ConfigurationError
 
     from kquant.files import load_arrays
 
     data = load_arrays(args.data, role="benchmark data") if args.data else None
     labels = load_arrays(args.labels, role="labels") if args.labels else None
-    model = kquant.freeze(args.model, signature=args.signature, safe_mode=not args.unsafe_deserialization)
+    model = args.model
+    if Path(model).suffix.lower() != ".xml":  # an OpenVINO IR is read by benchmark, TF models frozen here
+        model = kquant.freeze(model, signature=args.signature, safe_mode=not args.unsafe_deserialization)
+    elif args.signature:
+        raise ConfigurationError(f"--signature names a SavedModel signature; {args.model} is an OpenVINO IR: drop it")
     report = benchmark(model, args.int8, batches=args.batch,
                        runs=args.runs, data=data, labels=labels, progress=not args.no_progress)
     print(report)

@@ -80,18 +80,23 @@ class GraphRunner:
 
 
 class Predictor:
-    """``predict(x)`` for a FrozenGraph: any input form kquant accepts, run in batches, one array per output."""
+    """``predict(x)`` for a FrozenGraph: any input form kquant accepts, run in batches, one array per output.
 
-    def __init__(self, graph, batch_size: int = 256):
+    ``runner``: a function giving what runs one batch (arrays in the order of ``graph.inputs`` -> a list in the order
+    of ``graph.outputs``, with ``close()``), built at the first call; default: ``graph`` in a TF session (GraphRunner).
+    """
+
+    def __init__(self, graph, batch_size: int = 256, runner=None):
         self.graph = graph
         self.batch_size = batch_size
+        self._make_runner = runner or (lambda: GraphRunner(graph.graph_def, graph.input_names, graph.output_names))
         self._runner = None
 
     def __call__(self, x, batch_size: int | None = None):
         from kquant.data import iter_batches
 
         if self._runner is None:
-            self._runner = GraphRunner(self.graph.graph_def, self.graph.input_names, self.graph.output_names)
+            self._runner = self._make_runner()
         size = batch_size or self.batch_size
         chunks, rows = [], []
         for batch in iter_batches(x, self.graph.inputs, size, role="prediction input"):

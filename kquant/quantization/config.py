@@ -23,6 +23,7 @@ Calibration = Literal["minmax", "percentile", "kl", "entropy"]
 Stem = Literal["fp32", "int8"]
 Fallback = Literal["fp32", "bf16"]
 Kernels = Literal["onednn", "public"]
+Target = Literal["tensorflow", "openvino"]
 
 DEFAULT_CALIBRATION_SAMPLES = 10_000
 """Calibration stops after this many samples unless ``max_batches`` says otherwise (with one warning when data
@@ -46,6 +47,7 @@ class QuantizationConfig:
     max_accuracy_drop: float = 0.01
     relative: bool = True
     max_trials: int = 20
+    target: Target = "tensorflow"   # the runtime predict and tuning run the model on
 
     def __post_init__(self):
         set_ = functools.partial(object.__setattr__, self)  # frozen: normalize once, here
@@ -54,13 +56,21 @@ class QuantizationConfig:
         set_("calibration_options", _calibration_options(self.calibration, self.calibration_options))
         set_("excluded_ops", tuple(names_list("excluded_ops", self.excluded_ops)))
         set_("excluded_nodes", tuple(names_list("excluded_nodes", self.excluded_nodes)))
-        for name, kind in (("stem", Stem), ("fallback", Fallback), ("kernels", Kernels)):
+        for name, kind in (("stem", Stem), ("fallback", Fallback), ("kernels", Kernels), ("target", Target)):
             check_choice(name, getattr(self, name), get_args(kind))
         set_("batch_size", check_int("batch_size", self.batch_size, minimum=1))
         set_("max_batches", check_int("max_batches", self.max_batches, minimum=1, optional=True))
         set_("max_accuracy_drop", check_number("max_accuracy_drop", self.max_accuracy_drop, minimum=0))
         set_("relative", check_bool("relative", self.relative))
         set_("max_trials", check_int("max_trials", self.max_trials, minimum=1))
+
+    def check_runtime(self) -> None:
+        """Raise MissingRuntimeError (saying how to install it) unless the target's runtime imports: called before
+        any work, so that a missing OpenVINO does not surface after calibration."""
+        if self.target == "openvino":
+            from kquant.quantization.openvino import import_openvino
+
+            import_openvino()
 
 
 def limited_batches(batches, max_batches: int | None):

@@ -53,12 +53,14 @@ class GraphConverter:
         self.stages_dir = check_type("stages_dir", stages_dir, (str, os.PathLike), "a directory path or None", optional=True)
 
     def convert(self, calibration_data=None, *, calibration="minmax", min_max_log=None, batch_size=SEED_BATCH_SIZE,
-                progress=True, max_batches=None, eval_fn=None, max_accuracy_drop=0.01):
-        """Freeze, optimize, calibrate, rewrite and write ``output_graph``; returns the QuantizedModel."""
+                progress=True, max_batches=None, eval_fn=None, max_accuracy_drop=0.01, target="tensorflow"):
+        """Freeze, optimize, calibrate, rewrite and write ``output_graph``; returns the QuantizedModel (``target``: as
+        ``kquant.quantize``'s)."""
         from kquant.converters.graph_def import frozen_from_graph_def
 
         config = dataclasses.replace(self.config, calibration=calibration, batch_size=batch_size,
-                                     max_batches=max_batches, max_accuracy_drop=max_accuracy_drop)
+                                     max_batches=max_batches, max_accuracy_drop=max_accuracy_drop, target=target)
+        config.check_runtime()
         check_bool("progress", progress)
         check_type("min_max_log", min_max_log, (str, os.PathLike, dict), "a log path, the log text or a dict of ranges",
                    optional=True)

@@ -15,7 +15,7 @@ from kquant.graph import (GRAPH_SUFFIXES, FrozenGraph, atomic_write, make_parent
                           without_default_attrs)
 from kquant.outputs import AllOrNothing
 from kquant.quantization.pipeline import QuantizationResult
-from kquant.quantization.qdq import QdqPoints
+from kquant.quantization.qdq import QdqPoints, export_points
 from kquant.runtime import Predictor
 from kquant.summarize import summarize_graph
 
@@ -24,12 +24,27 @@ EXPORT_FORMATS = ("saved_model", "qdq", "openvino")
 
 
 class QuantizedModel:
-    """An int8 graph ready to run, save as .pb, or export for a runtime (``export``)."""
+    """An int8 graph ready to run, save as .pb, or export for a runtime (``export``).
+
+    ``graph_def`` is always the TF int8 graph; ``predict`` runs on the target the model was quantized for: that graph
+    in TF, or (``target="openvino"``) its OpenVINO export form, compiled once.
+    """
 
     def __init__(self, result: QuantizationResult):
         self.result = result
-        self._predictor = Predictor(result.int8)
+        self._lowered = None  # the OpenVINO form (openvino.Lowered), built once by the first use
+        if result.target == "openvino":
+            from kquant.quantization.openvino import OpenVinoRunner
+
+            self._predictor = Predictor(result.fp32,
+                                        runner=lambda: OpenVinoRunner(self.openvino_model(), result.fp32.inputs))
+        else:
+            self._predictor = Predictor(result.int8)
         self.openvino_precisions: dict[str, str] = {}  # after an OpenVINO export: int8 unit -> its runtime precision
+
+    @property
+    def target(self) -> str:
+        return self.result.target
 
     @property
     def graph(self) -> FrozenGraph:
@@ -48,7 +63,7 @@ class QuantizedModel:
         return self.result.int8.outputs
 
     def predict(self, x, batch_size: int = 256):
-        """Run the int8 graph on ``x`` (same forms as calibration data); one array per output."""
+        """Run the model on ``x`` (same forms as calibration data) on its target; one array per output."""
         return self._predictor(x, batch_size)
 
     def save(self, path) -> Path:
@@ -80,8 +95,20 @@ class QuantizedModel:
         """The QDQ export lowering of this model's plan: the emitted units, their ranges, weights behind FakeQuant
         with the scales the int8 kernels use (pair-safe where the int8 graph's are)."""
         result = self.result
-        return QdqPoints(result.fp32, result.units, result.ranges, weights="fake_quant",
-                         pair_safe=result.options.pair_safe_weights, per_channel=result.options.per_channel)
+        return export_points(result.fp32, result.units, result.ranges, result.options)
+
+    def openvino_model(self):
+        """The ``ov.Model`` of this plan (the QDQ export graph through OpenVINO's converter), converted once: what
+        ``predict`` runs for ``target="openvino"`` and ``export(format="openvino")`` writes."""
+        return self._openvino().model
+
+    def _openvino(self):
+        if self._lowered is None:
+            from kquant.quantization.openvino import lower
+
+            result = self.result
+            self._lowered = lower(result.fp32, result.units, result.ranges, result.options)
+        return self._lowered
 
     def _export_openvino(self, path: Path) -> Path:
         from kquant.quantization import openvino as kov
@@ -90,20 +117,19 @@ class QuantizedModel:
             raise OutputWriteError(f"{path}: an OpenVINO IR is written as a .xml file (and the .bin beside it); "
                                    "name the output .xml")
         ov = kov.import_openvino()
-        points = self.qdq_points()
-        model = kov.convert(points.graph_def(), self.result.fp32, points.weights)
+        lowered = self._openvino()
         created = make_parents(path.parent)
         try:
             with tempfile.TemporaryDirectory(prefix="kquant-openvino-") as staging:
                 staged = Path(staging) / "model.xml"
-                ov.save_model(model, str(staged), compress_to_fp16=False)
+                ov.save_model(lowered.model, str(staged), compress_to_fp16=False)
                 with AllOrNothing() as outputs:
                     outputs.write(path.with_suffix(".bin"), lambda target: _copy(staged.with_suffix(".bin"), target))
                     outputs.write(path, lambda target: _copy(staged, target))
         except BaseException:
             remove_created(created)
             raise
-        self.openvino_precisions = kov.runtime_precisions(path, [w.anchor for w in points.weights])
+        self.openvino_precisions = kov.runtime_precisions(path, list(lowered.anchors))
         kov.warn_unless_int8(self.openvino_precisions, self.result.layers)
         return path
 

@@ -9,12 +9,14 @@ survives, else (a depthwise filter, reshaped and folded) through its int8 codes.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
 
-from kquant.errors import MissingRuntimeError
-from kquant.quantization.qdq import WEIGHT_FAKE_QUANT
+from kquant.errors import MissingRuntimeError, ModelFormatError, ModelInputError, ModelNotFoundError, first_line
+from kquant.graph import TensorSpec
+from kquant.quantization.qdq import WEIGHT_FAKE_QUANT, export_points
 
 INSTALL = 'pip install "kquant[openvino]"'
 WEIGHTED_OPS = ("Convolution", "GroupConvolution", "MatMul")  # the ov.Model ops a conv / matmul unit becomes
@@ -30,6 +32,21 @@ def import_openvino():
         raise MissingRuntimeError(f"exporting to OpenVINO needs the openvino package, which is not installed "
                                   f"({exc}); install it with: {INSTALL}") from exc
     return openvino
+
+
+@dataclasses.dataclass(frozen=True)
+class Lowered:
+    """A plan as an OpenVINO model: the ``ov.Model`` and the anchors of its int8 convolutions and matmuls."""
+
+    model: object
+    anchors: tuple
+
+
+def lower(fp32, units, ranges, options) -> Lowered:
+    """The plan (``fp32`` graph, ``units`` as emitted, ``ranges``, RewriteOptions) as an OpenVINO model, through
+    the QDQ export graph: what ``export(format="openvino")`` writes and ``target="openvino"`` runs."""
+    points = export_points(fp32, units, ranges, options)
+    return Lowered(convert(points.graph_def(), fp32, points.weights), tuple(w.anchor for w in points.weights))
 
 
 def convert(graph_def, frozen, weights):
@@ -107,3 +124,67 @@ def warn_unless_int8(precisions: dict[str, str], layers: dict | None = None) -> 
     if slow:
         warnings.warn(f"OpenVINO runs {len(slow)} of the {len(precisions)} int8 convolutions/matmuls in another "
                       f"precision: {', '.join(slow)}", stacklevel=3)
+
+
+class OpenVinoRunner:
+    """An OpenVINO model compiled once for CPU, called like ``runtime.GraphRunner``: arrays in the order of ``inputs``
+    (TensorSpecs, matched to the model's inputs by tensor name), the outputs as a list in the model's order."""
+
+    def __init__(self, model, inputs, *, threads: int | None = None):
+        ov = import_openvino()
+        config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        self.compiled = ov.Core().compile_model(model, "CPU", config)
+        names = [port.get_names() for port in self.compiled.inputs]
+        self._ports = [next((i for i, n in enumerate(names) if spec.name in n or spec.node in n), None) for spec in inputs]
+        if None in self._ports:
+            found = ", ".join(_port_name(port) for port in self.compiled.inputs)
+            raise ModelInputError(f"the OpenVINO model's inputs ({found}) are not the graph's "
+                                  f"({', '.join(s.name for s in inputs)}); pass a model with the same inputs")
+        self._request = self.compiled.create_infer_request()
+
+    def __call__(self, *arrays) -> list[np.ndarray]:
+        try:
+            results = self._request.infer({port: np.ascontiguousarray(a) for port, a in zip(self._ports, arrays)})
+        except RuntimeError as exc:
+            raise ModelInputError(f"OpenVINO failed running the model ({first_line(exc)}); check that the data fits "
+                                  "the model's inputs (shape, dtype)") from exc
+        return [results[port] for port in self.compiled.outputs]
+
+    def close(self) -> None:
+        self._request = self.compiled = None
+
+
+def read_ir(path):
+    """The OpenVINO IR at ``path`` (.xml, with its .bin beside it) as an ``ov.Model``, both files through kquant's file
+    gate; a missing .bin or an IR OpenVINO cannot read is an error naming the file."""
+    from kquant.files import checked_path, check_fits_in_memory
+
+    xml = checked_path(path, role="OpenVINO .xml", directory_ok=False)
+    weights = xml.with_suffix(".bin")
+    if not weights.exists():
+        raise ModelNotFoundError(f"{xml} is an OpenVINO IR whose weights file {weights} does not exist; keep the .bin "
+                                 "next to the .xml, under the same name")
+    checked_path(weights, role="OpenVINO .bin", directory_ok=False)
+    check_fits_in_memory(xml.stat().st_size + weights.stat().st_size, str(xml))
+    ov = import_openvino()
+    try:
+        return ov.Core().read_model(str(xml), str(weights))
+    except RuntimeError as exc:
+        raise ModelFormatError(f"OpenVINO cannot read {xml} ({first_line(exc)}); pass an IR written by OpenVINO "
+                               "(model.xml + model.bin)") from exc
+
+
+def model_specs(model) -> tuple[tuple, tuple]:
+    """(inputs, outputs) of an ``ov.Model`` as TensorSpecs: tensor names, numpy dtype names, shapes (None: dynamic)."""
+    def spec(port):
+        shape = port.get_partial_shape()
+        dims = None if shape.rank.is_dynamic else tuple(d.get_length() if d.is_static else None for d in shape)
+        return TensorSpec(_port_name(port), np.dtype(port.get_element_type().to_dtype()).name, dims)
+
+    return tuple(spec(p) for p in model.inputs), tuple(spec(p) for p in model.outputs)
+
+
+def _port_name(port) -> str:
+    """A port's tensor name: the shortest, which is the TF tensor name the frontend kept (``probs:0``)."""
+    names = port.get_names()
+    return min(names, key=lambda n: (len(n), n)) if names else port.get_node().get_friendly_name()

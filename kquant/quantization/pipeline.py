@@ -46,6 +46,7 @@ class QuantizationResult:
     stems: tuple = ()                 # anchors of the image stems kept fp32 (stem="fp32")
     layers: dict = dataclasses.field(default_factory=dict)  # unit anchor -> its Keras layer (kquant.names.LayerNames)
     prepared: "Prepared | None" = None  # the fp32 side it was built from (for the report and the saved stages)
+    target: str = "tensorflow"        # the runtime predict and tuning ran it on (QuantizationConfig.target)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,17 +151,19 @@ def quantize_frozen(frozen: FrozenGraph, data, config: QuantizationConfig | None
 
     With ``eval_fn(predict) -> float`` (higher is better), tune until the drop against fp32 is at
     most ``config.max_accuracy_drop`` (relative to the fp32 score when ``config.relative``) or
-    ``config.max_trials`` ran out.
+    ``config.max_trials`` ran out. With ``config.target="openvino"`` each candidate is scored as OpenVINO runs
+    its export form (the same units, ranges and fallbacks lowered through the QDQ graph).
     """
     ensure_onednn()
     config = config or QuantizationConfig()
+    config.check_runtime()
     prepared = prepare(frozen, config)
     fp32, candidates = prepared.fp32, prepared.candidates
     if not any(u.weighted for u in candidates):
         reason = ("the model's only quantizable op is its image stem, kept fp32 (stem='int8' quantizes it)" if prepared.stems
                   else "the model has no quantizable Conv2D/DepthwiseConv2D/MatMul")
         warnings.warn(f"{reason}; returning it in fp32", stacklevel=3)
-        return QuantizationResult(fp32, fp32, [], {})
+        return QuantizationResult(fp32, fp32, [], {}, target=config.target)
     if callable(ranges):
         ranges = ranges(prepared)
     options = RewriteOptions(per_channel=config.per_channel, pair_safe_weights=not has_vnni(), kernels=config.kernels)
@@ -184,6 +187,15 @@ def quantize_frozen(frozen: FrozenGraph, data, config: QuantizationConfig | None
             preflight(graph.graph_def, graph.input_names, graph.output_names, sample[0], "the int8 graph")
         return graph
 
+    def on_target(graph, method, fell_back):
+        """What eval_fn scores for a candidate: ``graph`` in TF, or its export form in OpenVINO."""
+        if config.target == "tensorflow":
+            return Predictor(graph)
+        from kquant.quantization.openvino import OpenVinoRunner, lower
+
+        lowered = lower(fp32, emitted[method, tuple(fell_back)], ranges_for(method), options)
+        return Predictor(fp32, runner=lambda: OpenVinoRunner(lowered.model, fp32.inputs))
+
     if ranges is not None and data is not None:  # ranges from a log: still keep a batch for the per-layer report
         sample.append(next(iter(iter_batches(data, fp32.inputs, config.batch_size, role="calibration data"))))
     chosen, fell_back, trials = config.calibration, (), []
@@ -202,11 +214,11 @@ def quantize_frozen(frozen: FrozenGraph, data, config: QuantizationConfig | None
                                                if ranges is None and _reiterable(data) else [])
         int8, chosen, fell_back, trials = tune(
             baseline, eval_fn, attempt, ranked, calibrations=alternatives, max_accuracy_drop=config.max_accuracy_drop,
-            relative=config.relative, max_trials=config.max_trials, progress=progress)
+            relative=config.relative, max_trials=config.max_trials, progress=progress, predictor=on_target)
     return QuantizationResult(int8, fp32, emitted[chosen, tuple(fell_back)], ranges_for(chosen), options, chosen,
                               tuple(fell_back), config.fallback, trials, sample[0] if sample else None,
                               config.excluded_ops, prepared.excluded_nodes, prepared.stems,
-                              unit_layers(fp32, frozen, prepared.planned), prepared)
+                              unit_layers(fp32, frozen, prepared.planned), prepared, config.target)
 
 
 def unit_layers(fp32: FrozenGraph, frozen: FrozenGraph, units) -> dict:

@@ -119,6 +119,13 @@ class QdqPoints:
         return graph_def
 
 
+def export_points(fp32, units, ranges, options) -> QdqPoints:
+    """The export lowering of a plan: ``units`` as the rewrite emitted them, their ``ranges``, weights behind FakeQuant
+    with the scales the int8 kernels use (``options``: a RewriteOptions; pair-safe where the int8 graph's are)."""
+    return QdqPoints(fp32, units, ranges, weights="fake_quant", pair_safe=options.pair_safe_weights,
+                     per_channel=options.per_channel)
+
+
 def qdq_graph_def(fp32, units, ranges, weights: str = "rounded"):
     """``fp32`` (a FrozenGraph) with int8 weights (``weights``: rounded constants, or fp32 ones behind a FakeQuant)
     and FakeQuant on every tensor ``units`` (as the rewrite emitted them: ``QuantizationResult.units``) round."""

@@ -59,17 +59,21 @@ def rank_by_sensitivity(fp32, units, build, batch) -> list:
     return [weighted[i] for i in order]
 
 
-def tune(baseline, eval_fn, attempt, ranked, *, calibrations, max_accuracy_drop, relative, max_trials, progress=False):
-    """Search from the fp32 score ``baseline``; ``attempt(calibration, fell_back) -> FrozenGraph``.
+def tune(baseline, eval_fn, attempt, ranked, *, calibrations, max_accuracy_drop, relative, max_trials, progress=False,
+         predictor=None):
+    """Search from the fp32 score ``baseline``; ``attempt(calibration, fell_back) -> FrozenGraph``; ``eval_fn`` scores
+    ``predictor(graph, calibration, fell_back)`` (default: ``Predictor(graph)``, the graph in TF's executor).
 
     Returns (best graph, its calibration, the units it keeps out of int8, trials). ``progress``: a bar over
     the ``max_trials`` budget with the last trial's score and drop.
     """
     with tqdm(total=max_trials, desc="tuning", unit="trial", disable=not progress, leave=False) as bar:
-        return _search(baseline, eval_fn, attempt, ranked, calibrations, max_accuracy_drop, relative, max_trials, bar)
+        return _search(baseline, eval_fn, attempt, ranked, calibrations, max_accuracy_drop, relative, max_trials, bar,
+                       predictor or (lambda graph, calibration, fell_back: Predictor(graph)))
 
 
-def _search(baseline, eval_fn, attempt, ranked, calibrations, max_accuracy_drop, relative, max_trials, bar):
+def _search(baseline, eval_fn, attempt, ranked, calibrations, max_accuracy_drop, relative, max_trials, bar,
+            predictor_for):
     trials: list[Trial] = []
     best = None
 
@@ -77,7 +81,7 @@ def _search(baseline, eval_fn, attempt, ranked, calibrations, max_accuracy_drop,
         nonlocal best
         start = time.perf_counter()
         graph = attempt(calibration, fell_back)
-        predictor = Predictor(graph)
+        predictor = predictor_for(graph, calibration, tuple(fell_back))
         score = score_of(eval_fn, predictor)
         predictor.close()
         drop = accuracy_drop(baseline, score, relative)
