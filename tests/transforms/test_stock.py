@@ -156,7 +156,7 @@ def test_freeze_requantization_ranges_with_ranges_logged_on_the_inputs(case, tmp
 def test_consecutive_stock_transforms_run_in_one_call(case, monkeypatch):
     calls = []
     real = apply_module.run_stock
-    monkeypatch.setattr(apply_module, "run_stock", lambda g, specs, i, o: calls.append([s.name for s in specs]) or real(g, specs, i, o))
+    monkeypatch.setattr(apply_module, "run_stock", lambda g, specs, i, o, **kw: calls.append([s.name for s in specs]) or real(g, specs, i, o, **kw))
     apply_transforms(case.frozen, "remove_freeze_leftovers strip_unused_nodes fold_constants fold_batch_norms "
                                   "fold_keras_batch_norms sort_by_execution_order")
     assert calls == [["strip_unused_nodes", "fold_constants", "fold_batch_norms"], ["sort_by_execution_order"]]
