@@ -2,7 +2,8 @@
 
 from kquant import _startup  # noqa: F401  (must come first: sets up TensorFlow)
 from kquant.api import QuantizedModel, quantize
-from kquant.benchmark import BenchmarkReport, benchmark
+from kquant.benchmark import benchmark
+from kquant.benchmark_report import BenchmarkReport
 from kquant.converters import freeze
 from kquant.converters.keras import save_keras_model_to_pb
 from kquant.errors import KQuantError
