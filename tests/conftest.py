@@ -217,3 +217,22 @@ def tf_keras_saved_model(tf_keras_multi_io_model, work_dir) -> Path:
     path = work_dir / "tf_keras_saved_model"
     tf.saved_model.save(model, str(path), signatures={"serving_default": serve, "score_only": score_only})
     return path
+
+
+@pytest.fixture(scope="session")
+def cli_files(tmp_path_factory) -> Path:
+    """A small conv model saved as m.keras and 8 calibration samples as calib.npy, for CLI quantize runs."""
+    import keras
+
+    root = tmp_path_factory.mktemp("cli")
+    build_conv_model(keras).save(root / "m.keras")
+    np.save(root / "calib.npy", np.random.default_rng(0).random((8, 28, 28, 1), np.float32))
+    return root
+
+
+def cli_quantize(files: Path, out, *more) -> int:
+    """``kquant quantize m.keras --calib calib.npy -o out`` with ``more`` options; the exit code."""
+    from kquant.cli import main
+
+    return main(["quantize", str(files / "m.keras"), "--calib", str(files / "calib.npy"), "-o", str(out),
+                 "--no-progress", *more])

@@ -11,7 +11,6 @@ import pytest
 import tensorflow as tf
 
 import kquant
-from kquant.cli import main
 from kquant.errors import MissingRuntimeError
 from kquant.graph import atomic_write
 from kquant.quantization import model as model_module
@@ -19,7 +18,7 @@ from kquant.quantization.openvino import INT8_PRECISIONS, import_openvino
 from kquant.quantization.qdq import QdqPoints, qdq_graph_def
 from kquant.runtime import GraphRunner
 
-from ..conftest import build_conv_model
+from ..conftest import cli_quantize
 
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
                                     reason='openvino is not installed (pip install "kquant[openvino]")')
@@ -158,21 +157,6 @@ def test_a_failing_openvino_export_leaves_nothing_and_keeps_earlier_files(fashio
     assert not (tmp_path / "new").exists()
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    import keras
-
-    root = tmp_path_factory.mktemp("export")
-    build_conv_model(keras).save(root / "m.keras")
-    np.save(root / "calib.npy", np.random.default_rng(0).random((8, 28, 28, 1), np.float32))
-    return root
-
-
-def quantize(files, out, *more):
-    return main(["quantize", str(files / "m.keras"), "--calib", str(files / "calib.npy"), "-o", str(out),
-                 "--no-progress", *more])
-
-
 @pytest.mark.parametrize("out, more, message", [
     ("m.onnx", (), "name the output .pb/.pbtxt (the int8 graph) or .xml (OpenVINO IR)"),
     ("m.pb", ("--format", "openvino"), "does not fit --format openvino"),
@@ -180,30 +164,30 @@ def quantize(files, out, *more):
     ("m.xml", ("--format", "qdq"), "does not fit --format qdq"),
     ("m.pb", ("--format", "saved_model"), "does not fit --format saved_model"),
 ])
-def test_a_suffix_the_format_cannot_take_is_one_error_line(files, tmp_path, capfd, out, more, message):
-    assert quantize(files, tmp_path / out, *more) == 2
+def test_a_suffix_the_format_cannot_take_is_one_error_line(cli_files, tmp_path, capfd, out, more, message):
+    assert cli_quantize(cli_files, tmp_path / out, *more) == 2
     err = capfd.readouterr().err
     assert err.startswith("kquant: error:") and message in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
 
 
-def test_format_chooses_a_saved_model_or_the_qdq_graph(files, tmp_path):
-    assert quantize(files, tmp_path / "int8", "--format", "saved_model") == 0
-    assert quantize(files, tmp_path / "qdq.pbtxt", "--format", "qdq") == 0
+def test_format_chooses_a_saved_model_or_the_qdq_graph(cli_files, tmp_path):
+    assert cli_quantize(cli_files, tmp_path / "int8", "--format", "saved_model") == 0
+    assert cli_quantize(cli_files, tmp_path / "qdq.pbtxt", "--format", "qdq") == 0
     assert (tmp_path / "int8" / "saved_model.pb").exists()
     assert any(n.op.startswith("FakeQuant") for n in kquant.load_graph_def(tmp_path / "qdq.pbtxt").node)
 
 
 @needs_openvino
-def test_an_xml_output_is_an_openvino_ir(files, tmp_path, capfd):
-    assert quantize(files, tmp_path / "m.xml", "--report", str(tmp_path / "r.html")) == 0
+def test_an_xml_output_is_an_openvino_ir(cli_files, tmp_path, capfd):
+    assert cli_quantize(cli_files, tmp_path / "m.xml", "--report", str(tmp_path / "r.html")) == 0
     assert re.search(r"OpenVINO runs (\d+) of the \1 int8 convolutions/matmuls in int8", capfd.readouterr().out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml", "r.html"]
     x = np.random.default_rng(1).random((4, 28, 28, 1), np.float32)
     assert run_openvino(tmp_path / "m.xml", x).shape[0] == 4
 
 
-def test_a_missing_openvino_fails_before_any_work(files, tmp_path, capfd, monkeypatch):
+def test_a_missing_openvino_fails_before_any_work(cli_files, tmp_path, capfd, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
-    assert quantize(files, tmp_path / "m.xml") == 2
+    assert cli_quantize(cli_files, tmp_path / "m.xml") == 2
     assert 'pip install "kquant[openvino]"' in capfd.readouterr().err and list(tmp_path.iterdir()) == []
