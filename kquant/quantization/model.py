@@ -32,7 +32,7 @@ class QuantizedModel:
 
     def __init__(self, result: QuantizationResult):
         self.result = result
-        self._lowered = None  # the OpenVINO form (openvino.Lowered), built once by the first use
+        self._lowered = result.openvino  # the OpenVINO form (openvino.Lowered): tuning's, else built by the first use
         if result.target == "openvino":
             from kquant.quantization.openvino import OpenVinoRunner
 
@@ -129,7 +129,7 @@ class QuantizedModel:
         except BaseException:
             remove_created(created)
             raise
-        self.openvino_precisions = kov.runtime_precisions(path, list(lowered.anchors))
+        self.openvino_precisions = kov.runtime_precisions(lowered.model, list(lowered.anchors))  # what was written
         kov.warn_unless_int8(self.openvino_precisions, self.result.layers)
         return path
 

@@ -47,6 +47,7 @@ class QuantizationResult:
     layers: dict = dataclasses.field(default_factory=dict)  # unit anchor -> its Keras layer (kquant.names.LayerNames)
     prepared: "Prepared | None" = None  # the fp32 side it was built from (for the report and the saved stages)
     target: str = "tensorflow"        # the runtime predict and tuning ran it on (QuantizationConfig.target)
+    openvino: object = None           # its OpenVINO form (openvino.Lowered) where tuning already built it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +180,7 @@ def quantize_frozen(frozen: FrozenGraph, data, config: QuantizationConfig | None
         return calibrated[method]
 
     emitted = {}  # (calibration, fell_back) -> the units its graph runs in int8
+    lowered = {}  # (calibration, fell_back) -> its OpenVINO form, for target="openvino"
 
     def attempt(method, fell_back):
         graph, emitted[method, tuple(fell_back)] = prepared.build(ranges_for(method), options, fell_back=fell_back,
@@ -193,8 +195,9 @@ def quantize_frozen(frozen: FrozenGraph, data, config: QuantizationConfig | None
             return Predictor(graph)
         from kquant.quantization.openvino import OpenVinoRunner, lower
 
-        lowered = lower(fp32, emitted[method, tuple(fell_back)], ranges_for(method), options)
-        return Predictor(fp32, runner=lambda: OpenVinoRunner(lowered.model, fp32.inputs))
+        key = method, tuple(fell_back)
+        lowered[key] = lower(fp32, emitted[key], ranges_for(method), options)
+        return Predictor(fp32, runner=lambda: OpenVinoRunner(lowered[key].model, fp32.inputs))
 
     if ranges is not None and data is not None:  # ranges from a log: still keep a batch for the per-layer report
         sample.append(next(iter(iter_batches(data, fp32.inputs, config.batch_size, role="calibration data"))))
@@ -218,7 +221,8 @@ def quantize_frozen(frozen: FrozenGraph, data, config: QuantizationConfig | None
     return QuantizationResult(int8, fp32, emitted[chosen, tuple(fell_back)], ranges_for(chosen), options, chosen,
                               tuple(fell_back), config.fallback, trials, sample[0] if sample else None,
                               config.excluded_ops, prepared.excluded_nodes, prepared.stems,
-                              unit_layers(fp32, frozen, prepared.planned), prepared, config.target)
+                              unit_layers(fp32, frozen, prepared.planned), prepared, config.target,
+                              lowered.get((chosen, tuple(fell_back))))
 
 
 def unit_layers(fp32: FrozenGraph, frozen: FrozenGraph, units) -> dict:

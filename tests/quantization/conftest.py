@@ -38,6 +38,14 @@ def wide_deep():
 
 
 @pytest.fixture(scope="session")
+def wide_deep_int8(wide_deep):
+    import kquant
+
+    model, x, _, _ = wide_deep
+    return kquant.quantize(model, {k: v[:2000] for k, v in x.items()}, progress=False)
+
+
+@pytest.fixture(scope="session")
 def faces():
     from kquant import datasets
 

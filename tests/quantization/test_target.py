@@ -74,6 +74,7 @@ def test_tuning_for_openvino_scores_each_candidate_as_openvino_runs_it(tiny, tmp
         assert {u.anchor for u in units if u.weighted} == weighted - set(trial.fell_back)
     chosen = next(t for t in trials if (t.calibration, t.fell_back) == (qmodel.result.calibration, qmodel.result.fell_back))
     xml = qmodel.export(tmp_path / "m.xml", format="openvino")
+    assert len(lowered) == len(trials)  # the export reuses the chosen candidate's conversion
     assert closeness(lambda batch: run_openvino(xml, batch)) == pytest.approx(chosen.score, abs=1e-7)
 
 
