@@ -60,6 +60,9 @@ DEFAULT_MIN_SIZE = 32
 BIG = {"ConvNeXtBase", "ConvNeXtLarge", "ConvNeXtXLarge", "EfficientNetB6", "EfficientNetB7", "EfficientNetV2M",
        "EfficientNetV2L", "NASNetLarge", "ResNet152", "ResNet152V2", "VGG16", "VGG19", "InceptionResNetV2"}
 KERASES = {"3": "keras", "2": "tf_keras"}
+# glibc's malloc keeps freed buffers of up to 32 MiB in its heap, so a row's peak stacks the Keras build, the
+# transforms and the sessions: buffers of 1 MiB and more mmapped (and returned when freed) fit ConvNeXtXLarge in 24 GiB
+ROW_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": "1048576", **os.environ}
 FP32_BOUND = 1e-4
 CALIBRATION_IMAGES = 8
 EVAL_IMAGES = 8
@@ -226,7 +229,7 @@ def sweep(rows, out: Path, size: str, runs: int, timeout: int) -> None:
         command = [sys.executable, __file__, "--row", arch, "--keras", keras_version, "--size", str(side),
                    "--runs", str(row_runs), "--out", str(out)]
         try:
-            done = subprocess.run(command, timeout=timeout, capture_output=True, text=True)
+            done = subprocess.run(command, timeout=timeout, capture_output=True, text=True, env=ROW_ENVIRONMENT)
             if not path.exists():
                 write_row(path, {"arch": arch, "keras": keras_version, "size": side,
                                  "error": f"the process died (exit {done.returncode}): {_last_line(done.stderr)}"})

@@ -15,6 +15,7 @@ KQUANT_PREFLIGHT=0 turns it off.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import json
 import os
 import signal
@@ -32,9 +33,10 @@ def preflight_enabled() -> bool:
     return os.environ.get("KQUANT_PREFLIGHT", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def preflight(graph_def, inputs, outputs, arrays, what: str = "the graph") -> None:
+def preflight(graph_def, inputs, outputs, arrays, what: str = "the graph", *, optimize: bool = True) -> None:
     """Run ``graph_def`` on ``arrays`` (in ``inputs`` order) fetching ``outputs`` in a child process; raise
-    ``GraphRunError`` if TensorFlow kills it. ``what`` names the graph in the message."""
+    ``GraphRunError`` if TensorFlow kills it. ``what`` names the graph in the message; ``optimize``: whether the
+    in-process run uses grappler (``runtime.GraphRunner``), so the child runs it the same way."""
     if not preflight_enabled():
         return
     with tempfile.TemporaryDirectory(prefix="kquant-preflight-") as tmp:
@@ -42,7 +44,7 @@ def preflight(graph_def, inputs, outputs, arrays, what: str = "the graph") -> No
         try:
             (tmp / "graph.pb").write_bytes(graph_def.SerializeToString())
             np.savez(tmp / "inputs.npz", *[np.asarray(a) for a in arrays])
-            (tmp / "names.json").write_text(json.dumps({"inputs": list(inputs), "outputs": list(outputs)}))
+            (tmp / "names.json").write_text(json.dumps({"inputs": list(inputs), "outputs": list(outputs), "optimize": optimize}))
         except OSError:  # no room for the child's copy (a full /tmp): run without the pre-flight, as before it
             return
         returncode, stderr = _Child.run(tmp)
@@ -122,11 +124,22 @@ def _serve() -> None:
             names = json.loads((folder / "names.json").read_text())
             with np.load(folder / "inputs.npz") as data:
                 arrays = [data[f"arr_{i}"] for i in range(len(data.files))]
-            with GraphRunner(load_graph_def(folder / "graph.pb"), names["inputs"], names["outputs"]) as run:
+            with GraphRunner(load_graph_def(folder / "graph.pb"), names["inputs"], names["outputs"],
+                             optimize=names["optimize"]) as run:
                 run(*arrays)
         except Exception:  # the in-process run reports it
             pass
+        _release_freed_memory()
         print("done", flush=True)
+
+
+def _release_freed_memory() -> None:
+    """Hand the graph's freed buffers back to the system: the child waits beside the parent for the rest of its
+    work, and glibc's malloc would otherwise keep a big model's worth of freed memory."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 if __name__ == "__main__":

@@ -34,18 +34,22 @@ def ensure_onednn() -> None:
     )
 
 
-def session_config(threads: int | None = None) -> tf.compat.v1.ConfigProto:
+def session_config(threads: int | None = None, *, optimize: bool = True) -> tf.compat.v1.ConfigProto:
+    """``optimize=False`` turns grappler off: its passes copy the graph's constants several times over."""
     threads = threads or os.cpu_count() or 1
-    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=1)
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=1)
+    config.graph_options.rewrite_options.disable_meta_optimizer = not optimize
+    return config
 
 
 class GraphRunner:
     """A GraphDef imported once into its own session, called through a prepared callable.
 
-    ``runner(*arrays)`` feeds ``inputs`` in order and returns the ``outputs`` as numpy arrays.
+    ``runner(*arrays)`` feeds ``inputs`` in order and returns the ``outputs`` as numpy arrays. ``optimize=False``
+    runs the graph as it is, without grappler (``session_config``): for a few runs that fetch many tensors.
     """
 
-    def __init__(self, graph_def, inputs, outputs, *, threads: int | None = None):
+    def __init__(self, graph_def, inputs, outputs, *, threads: int | None = None, optimize: bool = True):
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.graph = tf.Graph()
@@ -56,7 +60,7 @@ class GraphRunner:
             fetches = [self.graph.get_tensor_by_name(n) for n in self.outputs]
         except (ValueError, KeyError, TypeError, tf.errors.OpError) as exc:
             raise ModelFormatError(f"the graph does not import into TensorFlow ({first_line(exc)})") from exc
-        self.session = tf.compat.v1.Session(graph=self.graph, config=session_config(threads))
+        self.session = tf.compat.v1.Session(graph=self.graph, config=session_config(threads, optimize=optimize))
         self._call = self.session.make_callable(fetches, feed_list=feeds)
 
     def __call__(self, *arrays) -> list[np.ndarray]:

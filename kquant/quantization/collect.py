@@ -31,6 +31,8 @@ def collect_ranges(graph_def, inputs, tensors, batches, *, method="minmax", prog
 
     Statistics stream through the calibrator, so memory does not grow with the number of batches. The first
     batch runs in a child process first (kquant.preflight): fetching many tensors is what made TensorFlow abort.
+    The graph runs without grappler: its passes would copy the constants several times over (the peak of a big
+    model) for a handful of runs, and the values fetched are the same.
     """
     tensors = sorted(set(tensors))
     calibrator = make_calibrator(method, **options)
@@ -40,9 +42,9 @@ def collect_ranges(graph_def, inputs, tensors, batches, *, method="minmax", prog
     first = next(batches, None)
     if first is None:
         return calibrator.compute_ranges()
-    preflight(graph_def, inputs, tensors, first, "the fp32 graph for calibration")
+    preflight(graph_def, inputs, tensors, first, "the fp32 graph for calibration", optimize=False)
     batches = itertools.chain([first], batches)
-    with GraphRunner(graph_def, inputs, tensors) as run:
+    with GraphRunner(graph_def, inputs, tensors, optimize=False) as run:
         for batch in tqdm(batches, desc="calibrating", unit="batch", disable=not progress, leave=False):
             for name, values in zip(tensors, run(*batch)):
                 calibrator.collect(name, values)
