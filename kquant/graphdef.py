@@ -79,6 +79,14 @@ def extract_sub_graph(graph_def: graph_pb2.GraphDef, node_names) -> graph_pb2.Gr
     return pruned
 
 
+def remove_nodes(graph_def: graph_pb2.GraphDef, names) -> None:
+    """Delete the nodes named in ``names`` from ``graph_def`` in place. Deleting by index keeps the other nodes where
+    they are; rebuilding the list (``del node[:]`` then ``extend``) would copy every kept node, weights and all."""
+    names = set(names)
+    for index in reversed([i for i, node in enumerate(graph_def.node) if node.name in names]):
+        del graph_def.node[index]
+
+
 def likely_inputs(graph_def: graph_pb2.GraphDef) -> list[node_def_pb2.NodeDef]:
     """The Placeholders: what a frozen graph is fed."""
     return [node for node in graph_def.node if node.op == "Placeholder"]

@@ -20,7 +20,7 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.python.framework import op_def_registry
 
 from kquant.errors import first_line
-from kquant.graphdef import GraphIndex, is_control_input, node_name, output_index
+from kquant.graphdef import GraphIndex, is_control_input, node_name, output_index, remove_nodes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,10 +212,7 @@ def prune_unused(graph_def: graph_pb2.GraphDef, candidates, protected) -> graph_
             continue
         dead.add(name)
         queue.extend(node_name(inp) for inp in node.input)
-    if dead:
-        kept = [node for node in graph_def.node if node.name not in dead]
-        del graph_def.node[:]
-        graph_def.node.extend(kept)
+    remove_nodes(graph_def, dead)
     return graph_def
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from tensorflow.core.framework import graph_pb2
 
 from kquant.errors import TransformError
-from kquant.graphdef import GraphIndex, is_control_input, node_name, tensor_name
+from kquant.graphdef import GraphIndex, is_control_input, node_name, remove_nodes, tensor_name
 from kquant.transforms.pattern import prune_unused
 from kquant.transforms.registry import register
 
@@ -42,10 +42,7 @@ def remove_freeze_leftovers(graph_def, context):
         if rewired != list(node.input):
             del node.input[:]
             node.input.extend(rewired)
-    bypassed = {node_name(name) for name in forward}
-    kept_nodes = [node for node in result.node if node.name not in bypassed]
-    del result.node[:]
-    result.node.extend(kept_nodes)
+    remove_nodes(result, {node_name(name) for name in forward})
     return prune_unused(result, [node.name for node in result.node], protected)
 
 
@@ -64,14 +61,12 @@ def without_freeze_control_edges(graph_def, protected=()) -> graph_pb2.GraphDef:
     empty_noops = {node.name for node in result.node if node.op == "NoOp" and not node.input and node.name not in protected}
     if not empty_noops:
         return result
-    kept_nodes = [node for node in result.node if node.name not in empty_noops]
-    for node in kept_nodes:
+    remove_nodes(result, empty_noops)
+    for node in result.node:
         if any(node_name(inp) in empty_noops for inp in node.input):
             inputs = [inp for inp in node.input if node_name(inp) not in empty_noops]
             del node.input[:]
             node.input.extend(inputs)
-    del result.node[:]
-    result.node.extend(kept_nodes)
     return result
 
 
