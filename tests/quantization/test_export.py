@@ -14,6 +14,7 @@ import kquant
 from kquant.errors import MissingRuntimeError
 from kquant.graph import atomic_write
 from kquant.quantization import model as model_module
+from kquant.quantization.cpu import has_vnni
 from kquant.quantization.openvino import INT8_PRECISIONS, import_openvino
 from kquant.quantization.qdq import QdqPoints, qdq_graph_def
 from kquant.runtime import GraphRunner
@@ -101,8 +102,11 @@ def test_fer_in_openvino_runs_int8_and_agrees_with_fp32_and_kquants_int8(fer_int
     x = faces[100:200]
     openvino = run_openvino(xml, x).argmax(1)
     fp32 = run_graph(fer_int8.result.fp32.graph_def, fer_int8.result.fp32, x).argmax(1)
-    assert np.mean(openvino == fp32) >= 0.97  # 98 of 100 here (TF's int8 graph: 99)
-    assert np.mean(openvino == first(fer_int8.predict(x)).argmax(1)) >= 0.99
+    assert np.mean(openvino == fp32) >= 0.97  # 98 of 100 with VNNI (TF's int8 graph: 99)
+    # with VNNI both run the same weights: 99 of 100. Without it OpenVINO's u8 x s8 kernels need the pair-safe
+    # weights everywhere and TF's int8 graph only where a conv reads unsigned codes: 97 of 100 (AMD EPYC, AVX2)
+    agreement = np.mean(openvino == first(fer_int8.predict(x)).argmax(1))
+    assert agreement >= (0.99 if has_vnni() else 0.95), agreement
 
 
 @needs_openvino
