@@ -39,6 +39,7 @@ MODELS = ("fashion_cnn", "wide_deep", "fer", "resnet20")
 BATCHES = (1, 32)
 VARIANTS = ("TF fp32", "kquant int8", "INC int8", "TFLite int8", "OpenVINO fp32", "NNCF int8 (OpenVINO)", "ORT int8",
             "kquant int8 (OpenVINO)")
+OPENVINO_WEIGHTED = ("Convolution", "FullyConnected", "MatMul")  # the compiled model's layer types with weights
 THREADS = 2  # every runtime's intra-op threads: TF's session, TFLite's interpreter, OpenVINO's CPU plugin, ORT
 
 
@@ -143,16 +144,15 @@ class TFGraph(Runner):
 
 
 class OpenVinoModel(Runner):
-    """An ov.Model in kquant's OpenVinoRunner (CPU, f32 precision hint). op_census: each convolution and matmul by
-    op type and the precision OpenVINO's compiled model runs it in (u8/i8: int8)."""
+    """An ov.Model in kquant's OpenVinoRunner (CPU, f32 precision hint). op_census: the layers of the compiled model
+    by layer type and runtime precision (u8/i8: int8), read from the model as compiled for timing."""
 
     def __init__(self, model, inputs):
-        from kquant.quantization.openvino import WEIGHTED_OPS, OpenVinoRunner, runtime_precisions
+        from kquant.quantization.openvino import OpenVinoRunner
 
         self.run = OpenVinoRunner(model, inputs, threads=THREADS, precision="f32")
-        types = {op.get_friendly_name(): op.get_type_name() for op in model.get_ops() if op.get_type_name() in WEIGHTED_OPS}
-        census = collections.Counter(f"{types[name]} {precision or 'not found'}"
-                                     for name, precision in runtime_precisions(model, list(types)).items())
+        infos = [op.get_rt_info() for op in self.run.compiled.get_runtime_model().get_ops()]
+        census = collections.Counter(f"{i['layerType'].astype(str)} {i['runtimePrecision'].astype(str)}" for i in infos)
         self.op_census = dict(sorted(census.items()))
 
 
@@ -298,7 +298,8 @@ def nncf_int8(fp32, calibration):
 
 
 def ort_int8(fp32, calibration):
-    """tf2onnx, ORT's pre-processing, then static QDQ int8 per channel; the seconds are all three."""
+    """tf2onnx, ORT's pre-processing (without symbolic shape inference where that gives up: noted), then static QDQ
+    int8 per channel; the seconds are all three."""
     import tf2onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -314,15 +315,26 @@ def ort_int8(fp32, calibration):
             return next(self.batches, None)
 
     start = time.perf_counter()
+    cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
-        converted, prepared, int8 = (str(Path(tmp) / name) for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
-        tf2onnx.convert.from_graph_def(fp32.graph_def, input_names=names, output_names=fp32.output_names[:1], opset=17,
-                                       output_path=converted)
-        quant_pre_process(converted, prepared)
-        quantize_static(prepared, int8, Samples(), quant_format=QuantFormat.QDQ, per_channel=True)
-        content = Path(int8).read_bytes()
+        os.chdir(tmp)  # where ORT dumps sym_shape_infer_temp.onnx (and its .data) when symbolic shape inference gives up
+        try:
+            tf2onnx.convert.from_graph_def(fp32.graph_def, input_names=names, output_names=fp32.output_names[:1],
+                                           opset=17, output_path="fp32.onnx")
+            try:
+                quant_pre_process("fp32.onnx", "prepared.onnx")
+                extra = {}
+            except Exception as exc:  # ORT raises a bare Exception when its symbolic shape inference gives up
+                if "symbolic shape inference" not in str(exc):
+                    raise
+                quant_pre_process("fp32.onnx", "prepared.onnx", skip_symbolic_shape=True)  # ORT's advice for such graphs
+                extra = {"note": f"quant_pre_process(skip_symbolic_shape=True): {exc}"}
+            quantize_static("prepared.onnx", "int8.onnx", Samples(), quant_format=QuantFormat.QDQ, per_channel=True)
+            content = Path("int8.onnx").read_bytes()
+        finally:
+            os.chdir(cwd)
     seconds = time.perf_counter() - start
-    return Variant(OnnxModel(content, names), seconds, len(content))
+    return Variant(OnnxModel(content, names), seconds, len(content), extra)
 
 
 def kquant_openvino(kquant_variant, fp32):
@@ -536,12 +548,16 @@ def markdown(env, results) -> str:
               "|---|---|---|---|---|---|---|"]
     for result in results:
         lines.append(f"| {result['model']} | " + " | ".join(_openvino_ratios(result["variants"])) + " |")
+    notes = [f"{r['model']} {key}: {v['note']}" for r in results for key, v in r["variants"].items() if "note" in v]
+    lines += ["", "Notes: " + "; ".join(notes) + "."] if notes else []
     lines += ["", "Models: " + "; ".join(f"{r['model']}: {r['description']}, {r['records']} eval records" for r in results) + "."]
     return "\n".join(lines)
 
 
 def _openvino_ratios(variants) -> list[str]:
     """The cells of the kquant→OpenVINO row: speed against NNCF and TF fp32, accuracy, int8 layers of each."""
+    from kquant.quantization.openvino import INT8_PRECISIONS
+
     kq, nncf, fp32 = variants["kquant int8 (OpenVINO)"], variants["NNCF int8 (OpenVINO)"], variants["TF fp32"]
 
     def quality(v):
@@ -552,11 +568,8 @@ def _openvino_ratios(variants) -> list[str]:
     def int8_layers(v):
         if "error" in v:
             return "—"
-        counts = {key.rsplit(" ", 1)[1]: 0 for key in v["op_census"]}
-        for key, count in v["op_census"].items():
-            counts[key.rsplit(" ", 1)[1]] += count
-        int8 = sum(count for precision, count in counts.items() if precision in ("u8", "i8"))
-        return f"{int8} of {sum(counts.values())}"
+        weighted = [(key.split()[1], count) for key, count in v["op_census"].items() if key.split()[0] in OPENVINO_WEIGHTED]
+        return f"{sum(count for precision, count in weighted if precision in INT8_PRECISIONS)} of {sum(c for _, c in weighted)}"
 
     if "error" in kq:
         return ["—"] * 5 + [f"failed / {quality(nncf)} / {quality(fp32)}", f"— / {int8_layers(nncf)}"]
