@@ -1,19 +1,25 @@
-"""kquant int8 against TF fp32, Intel Neural Compressor int8 and TFLite int8, on four models; one process per model.
+"""kquant int8 against TF fp32 and the int8 of Intel Neural Compressor, TFLite, OpenVINO + NNCF and ONNX Runtime,
+on four models; one process per model.
 
     python benchmarks/compare.py [--runs 200] [--models fashion_cnn,wide_deep,fer,resnet20] [--markdown OUT.md]
 
-Peers: pip install -r benchmarks/requirements.txt. Each model runs in its own subprocess; in it every variant
-is timed in interleaved rounds (kquant.benchmark.time_interleaved) at batch 1 (latency) and batch 32
-(throughput). TF fp32 is the optimized fp32 graph with oneDNN on, the baseline kquant's int8 is built from.
-TensorFlow reads TF_ENABLE_ONEDNN_OPTS once per process, so TF's default on this CPU (Eigen, oneDNN off)
-is timed in a second subprocess on the same fp32 graph, not interleaved: a side note, not a column.
-INC and TFLite quantize the same frozen fp32 graph kquant does, on the same calibration samples.
+Peers: pip install -r benchmarks/requirements.txt (how, in that file). Each model runs in its own subprocess; in
+it every variant is timed in interleaved rounds (kquant.benchmark.time_interleaved) at batch 1 (latency) and
+batch 32 (throughput), every runtime on THREADS threads. TF fp32 is the optimized fp32 graph with oneDNN on, the
+baseline kquant's int8 is built from. TensorFlow reads TF_ENABLE_ONEDNN_OPTS once per process, so TF's default on
+this CPU (Eigen, oneDNN off) is timed in a second subprocess on the same fp32 graph, not interleaved: a side note,
+not a column. INC and TFLite quantize the same frozen fp32 graph kquant does; OpenVINO (f32 precision hint) runs
+the optimized fp32 graph converted by ov.convert_model, NNCF quantizes that model with its defaults, tf2onnx
+converts the optimized fp32 graph for ONNX Runtime's static QDQ int8 (per channel); all calibrate on the same
+samples. kquant int8 (OpenVINO) is the kquant int8 model exported with export(format="openvino"), not quantized
+again. A peer that fails on a model (or is not installed) is recorded as that cell's error.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -31,7 +37,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("fashion_cnn", "wide_deep", "fer", "resnet20")
 BATCHES = (1, 32)
-VARIANTS = ("TF fp32", "kquant int8", "INC int8", "TFLite int8")
+VARIANTS = ("TF fp32", "kquant int8", "INC int8", "TFLite int8", "OpenVINO fp32", "NNCF int8 (OpenVINO)", "ORT int8",
+            "kquant int8 (OpenVINO)")
+OPENVINO_WEIGHTED = ("Convolution", "FullyConnected", "MatMul")  # the compiled model's layer types with weights
+THREADS = 2  # every runtime's intra-op threads: TF's session, TFLite's interpreter, OpenVINO's CPU plugin, ORT
 
 
 # ---------------------------------------------------------------- models: (model, calibration, eval data, labels)
@@ -102,24 +111,71 @@ def _rows(column, count):
     return column[:count] if len(column) >= count else np.concatenate([column] * -(-count // len(column)))[:count]
 
 
-class TFGraph:
+@dataclasses.dataclass
+class Variant:
+    """A built variant: its runner (call, predict), the seconds it took to quantize (None for fp32), its file size,
+    extra numbers to record; ``qmodel``: kquant's QuantizedModel, which the OpenVINO export builds from."""
+
+    runner: object
+    quantize_s: float | None
+    size_bytes: int
+    extra: dict = dataclasses.field(default_factory=dict)
+    qmodel: object = None
+
+
+class Runner:
+    """``self.run(*arrays)`` -> outputs list, timed as call(arrays) and run over the eval data by predict(columns)."""
+
+    def call(self, arrays):
+        return lambda: self.run(*arrays)
+
+    def predict(self, columns):
+        return np.concatenate([self.run(*[c[i:i + 256] for c in columns])[0] for i in range(0, len(columns[0]), 256)])
+
+
+class TFGraph(Runner):
     """A GraphDef run through kquant.GraphRunner, fed in the fp32 graph's input order."""
 
     def __init__(self, graph_def, inputs, output):
         import kquant
 
-        self.runner = kquant.GraphRunner(graph_def, inputs, [output])
+        self.run = kquant.GraphRunner(graph_def, inputs, [output], threads=THREADS)
         self.op_census = dict(sorted(collections.Counter(node.op for node in graph_def.node).items()))
 
-    def call(self, arrays):
-        return lambda: self.runner(*arrays)
 
-    def predict(self, columns):
-        return np.concatenate([self.runner(*[c[i:i + 256] for c in columns])[0] for i in range(0, len(columns[0]), 256)])
+class OpenVinoModel(Runner):
+    """An ov.Model in kquant's OpenVinoRunner (CPU, f32 precision hint). op_census: the layers of the compiled model
+    by layer type and runtime precision (u8/i8: int8), read from the model as compiled for timing."""
+
+    def __init__(self, model, inputs):
+        from kquant.quantization.openvino import OpenVinoRunner
+
+        self.run = OpenVinoRunner(model, inputs, threads=THREADS, precision="f32")
+        infos = [op.get_rt_info() for op in self.run.compiled.get_runtime_model().get_ops()]
+        census = collections.Counter(f"{i['layerType'].astype(str)} {i['runtimePrecision'].astype(str)}" for i in infos)
+        self.op_census = dict(sorted(census.items()))
+
+
+class OnnxModel(Runner):
+    """An ONNX model in an ORT InferenceSession (CPUExecutionProvider). op_census: the op types of the graph as ORT
+    optimized it (QLinearConv and the like run in int8)."""
+
+    def __init__(self, content, inputs):
+        import onnx
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = THREADS
+        with tempfile.TemporaryDirectory() as tmp:
+            options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+            session = ort.InferenceSession(content, options, providers=["CPUExecutionProvider"])
+            optimized = onnx.load(options.optimized_model_filepath)
+        self.op_census = dict(sorted(collections.Counter(node.op_type for node in optimized.graph.node).items()))
+        self.run = lambda *arrays: session.run(None, dict(zip(inputs, arrays)))
 
 
 class TFLiteModel:
-    """A .tflite flatbuffer in tf.lite.Interpreter (XNNPACK, 2 threads), one interpreter per batch size."""
+    """A .tflite flatbuffer in tf.lite.Interpreter (XNNPACK, THREADS threads), one interpreter per batch size."""
 
     def __init__(self, content, input_nodes):
         self.content = content
@@ -130,7 +186,7 @@ class TFLiteModel:
         import tensorflow as tf
 
         if batch not in self.interpreters:
-            interpreter = tf.lite.Interpreter(model_content=self.content, num_threads=2)
+            interpreter = tf.lite.Interpreter(model_content=self.content, num_threads=THREADS)
             details = interpreter.get_input_details()
             for detail in details:
                 interpreter.resize_tensor_input(detail["index"], [batch, *detail["shape"][1:]])
@@ -166,7 +222,7 @@ def kquant_int8(frozen, calibration):
     seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         size = qmodel.save(Path(tmp) / "int8.pb").stat().st_size  # the file as written
-    return TFGraph(qmodel.graph_def, frozen.input_names, frozen.output_names[0]), seconds, size
+    return Variant(TFGraph(qmodel.graph_def, frozen.input_names, frozen.output_names[0]), seconds, size, qmodel=qmodel)
 
 
 def inc_int8(frozen, calibration):
@@ -195,7 +251,7 @@ def inc_int8(frozen, calibration):
     inputs = [names[spec.node] for spec in frozen.inputs]
     output = result.output_tensor_names[0]
     graph = TFGraph(result.graph_def, inputs, output if ":" in output else output + ":0")
-    return graph, seconds, len(_serialized(result.graph_def))
+    return Variant(graph, seconds, len(_serialized(result.graph_def)))
 
 
 def tflite_int8(frozen, calibration):
@@ -212,7 +268,90 @@ def tflite_int8(frozen, calibration):
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     content = converter.convert()
     seconds = time.perf_counter() - start
-    return TFLiteModel(content, [spec.node for spec in frozen.inputs]), seconds, len(content)
+    return Variant(TFLiteModel(content, [spec.node for spec in frozen.inputs]), seconds, len(content))
+
+
+def openvino_fp32(fp32):
+    from kquant.benchmark import _TimedOpenVino
+    from kquant.quantization.openvino import convert
+
+    model = convert(fp32.graph_def, fp32, ())  # ov.convert_model on the GraphDef, its outputs the graph's
+    return Variant(OpenVinoModel(model, fp32.inputs), None, _TimedOpenVino(model).size_bytes())
+
+
+def nncf_int8(fp32, calibration):
+    """NNCF's post-training quantization with its defaults (300 of the samples at most) on the OpenVINO fp32 model."""
+    import nncf
+
+    from kquant.benchmark import _TimedOpenVino
+    from kquant.quantization.openvino import convert
+
+    model = convert(fp32.graph_def, fp32, ())
+    columns = _columns(calibration, fp32)
+    names = [name for port in model.inputs for name in port.get_names()]
+    keys = [next(n for n in names if n in (spec.name, spec.node)) for spec in fp32.inputs]  # the graph's input order
+    dataset = nncf.Dataset(range(len(columns[0])), lambda i: {key: c[i:i + 1] for key, c in zip(keys, columns)})
+    start = time.perf_counter()
+    quantized = nncf.quantize(model, dataset)
+    seconds = time.perf_counter() - start
+    return Variant(OpenVinoModel(quantized, fp32.inputs), seconds, _TimedOpenVino(quantized).size_bytes())
+
+
+def ort_int8(fp32, calibration):
+    """tf2onnx, ORT's pre-processing (without symbolic shape inference where that gives up: noted), then static QDQ
+    int8 per channel; the seconds are all three."""
+    import tf2onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    columns = _columns(calibration, fp32)
+    names = list(fp32.input_names)
+
+    class Samples(CalibrationDataReader):  # batches of 32: min/max ranges do not depend on the batch size
+        def __init__(self):
+            self.batches = ({n: c[i:i + 32] for n, c in zip(names, columns)} for i in range(0, len(columns[0]), 32))
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    start = time.perf_counter()
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # where ORT dumps sym_shape_infer_temp.onnx (and its .data) when symbolic shape inference gives up
+        try:
+            tf2onnx.convert.from_graph_def(fp32.graph_def, input_names=names, output_names=fp32.output_names[:1],
+                                           opset=17, output_path="fp32.onnx")
+            try:
+                quant_pre_process("fp32.onnx", "prepared.onnx")
+                extra = {}
+            except Exception as exc:  # ORT raises a bare Exception when its symbolic shape inference gives up
+                if "symbolic shape inference" not in str(exc):
+                    raise
+                quant_pre_process("fp32.onnx", "prepared.onnx", skip_symbolic_shape=True)  # ORT's advice for such graphs
+                extra = {"note": f"quant_pre_process(skip_symbolic_shape=True): {exc}"}
+            quantize_static("prepared.onnx", "int8.onnx", Samples(), quant_format=QuantFormat.QDQ, per_channel=True)
+            content = Path("int8.onnx").read_bytes()
+        finally:
+            os.chdir(cwd)
+    seconds = time.perf_counter() - start
+    return Variant(OnnxModel(content, names), seconds, len(content), extra)
+
+
+def kquant_openvino(kquant_variant, fp32):
+    """The kquant int8 model as exported for OpenVINO; quantize_s counts kquant's quantize and the export."""
+    from kquant.quantization.openvino import read_ir
+
+    if kquant_variant is None:
+        raise RuntimeError("kquant int8 failed: no model to export")
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        xml = kquant_variant.qmodel.export(Path(tmp) / "int8.xml", format="openvino")
+        export_s = time.perf_counter() - start
+        model = read_ir(xml)
+        size = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+    return Variant(OpenVinoModel(model, fp32.inputs), kquant_variant.quantize_s + export_s, size, {"export_s": export_s})
+
+
 
 
 def _columns(data, frozen):
@@ -239,32 +378,45 @@ def measure_model(name, runs, fp32_path):
     frozen = kquant.freeze(model)
     fp32 = optimize_for_inference(frozen)
     kquant.save_graph_def(fp32.graph_def, fp32_path)
-    variants = {"TF fp32": (TFGraph(fp32.graph_def, fp32.input_names, fp32.output_names[0]), None, len(_serialized(fp32.graph_def)))}
+    variants = {"TF fp32": Variant(TFGraph(fp32.graph_def, fp32.input_names, fp32.output_names[0]), None,
+                                   len(_serialized(fp32.graph_def)))}
+    # built and timed in this order (time_interleaved alternates it): the two OpenVINO int8 variants side by side,
+    # between TF and OpenVINO variants, so that neither runs right after ORT, whose threads spin idle after a call
+    builds = {
+        "kquant int8": lambda: kquant_int8(frozen, calibration),
+        "kquant int8 (OpenVINO)": lambda: kquant_openvino(variants.get("kquant int8"), fp32),
+        "NNCF int8 (OpenVINO)": lambda: nncf_int8(fp32, calibration),
+        "OpenVINO fp32": lambda: openvino_fp32(fp32),
+        "INC int8": lambda: inc_int8(frozen, calibration),
+        "TFLite int8": lambda: tflite_int8(frozen, calibration),
+        "ORT int8": lambda: ort_int8(fp32, calibration),
+    }
     errors = {}
-    for key, build in (("kquant int8", kquant_int8), ("INC int8", inc_int8), ("TFLite int8", tflite_int8)):
+    for key, build in builds.items():
         try:
-            variants[key] = build(frozen, calibration)
+            variants[key] = build()
         except Exception as exc:  # a peer failing on a model is a result, recorded as such
             errors[key] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
     columns = _columns(eval_data, fp32)
     timings = {key: {} for key in variants}
     for batch in BATCHES:
         arrays = [_rows(c, batch) for c in columns]
-        calls = {key: runner.call(arrays) for key, (runner, _, _) in variants.items()}
+        calls = {key: variant.runner.call(arrays) for key, variant in variants.items()}
         for key, seconds in time_interleaved(calls, runs).items():
             timings[key][batch] = summarize_times(batch, seconds)
-    classes = {key: top1(runner.predict(columns)) for key, (runner, _, _) in variants.items()}
+    classes = {key: top1(variant.runner.predict(columns)) for key, variant in variants.items()}
     results = {}
-    for key, (_, seconds, size) in variants.items():
+    for key, variant in variants.items():
         results[key] = {
-            "size_bytes": size,
-            "quantize_s": seconds,
+            "size_bytes": variant.size_bytes,
+            "quantize_s": variant.quantize_s,
+            **variant.extra,
             "latency_b1_ms": timings[key][1].median_ms,
             "latency_b1_p90_ms": timings[key][1].p90_ms,
             "throughput_b32": timings[key][32].throughput,
             "accuracy": None if labels is None else 100.0 * float(np.mean(classes[key] == labels)),
             "agreement": 100.0 * float(np.mean(classes[key] == classes["TF fp32"])),
-            **({"op_census": variants[key][0].op_census} if isinstance(variants[key][0], TFGraph) else {}),
+            **({"op_census": variant.runner.op_census} if hasattr(variant.runner, "op_census") else {}),
         }
     for key, error in errors.items():
         results[key] = {"error": error}
@@ -314,6 +466,11 @@ def environment(command):
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "neural_compressor": _installed_version("neural-compressor-tf"),
+        "openvino": _installed_version("openvino"),
+        "nncf": _installed_version("nncf"),
+        "onnxruntime": _installed_version("onnxruntime"),
+        "tf2onnx": _installed_version("tf2onnx"),
+        "onnx": _installed_version("onnx"),
     }
 
 
@@ -341,11 +498,13 @@ def markdown(env, results) -> str:
     lines = [
         f"Date {env['date']}, commit {env['commit']}; {env['cpu']}, {env['cores']} cores; CPU flags: {' '.join(env['cpu_flags'])}",
         ("(no " + ", no ".join(missing) + "); " if missing else "") + f"Python {env['python']}, TensorFlow {env['tensorflow']}, Keras {env['keras']}, "
-        f"Neural Compressor {env['neural_compressor']}; TFLite = tf.lite in TensorFlow {env['tensorflow']} (XNNPACK, 2 threads).",
+        f"Neural Compressor {env['neural_compressor']}; TFLite = tf.lite in TensorFlow {env['tensorflow']} (XNNPACK); "
+        f"OpenVINO {env['openvino']} (CPU, f32 precision hint), NNCF {env['nncf']}; ONNX Runtime {env['onnxruntime']} "
+        f"(CPUExecutionProvider), tf2onnx {env['tf2onnx']}, onnx {env['onnx']}. Every runtime on {THREADS} threads.",
         "",
         f"Command: `{env['command']}`",
         "",
-        "| model | variant | latency b1 (ms, median / p90) | throughput b32 (records/s) | file (kB) | accuracy % (agreement with fp32 %) | quantize (s) | int8/fp32 speed-up b1 / b32 |",
+        "| model | variant | latency b1 (ms, median / p90) | throughput b32 (records/s) | file (kB) | accuracy % (agreement with fp32 %) | quantize (s) | speed-up over TF fp32 b1 / b32 |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
@@ -384,8 +543,46 @@ def markdown(env, results) -> str:
         cells.append(f"{eigen['b1']:.3f} / {eigen['b32']:.3f} (oneDNN {fp32['latency_b1_ms']:.3f} / {32e3 / fp32['throughput_b32']:.3f})"
                      if eigen else "—")
         lines.append(f"| {result['model']} | " + " | ".join(cells) + " |")
+    lines += ["", "kquant int8 (OpenVINO) against NNCF int8 (OpenVINO) and TF fp32 (speed: the other's latency b1 over kquant's, "
+              "kquant's throughput b32 over the other's; above 1 is faster; target: at least 0.95 against NNCF):", "",
+              "| model | speed vs NNCF b1 | speed vs NNCF b32 | ≥ 0.95× NNCF | speed vs TF fp32 b1 | "
+              "accuracy % (agreement %): kquant→OV / NNCF→OV / TF fp32 | int8 convs+matmuls: kquant→OV / NNCF→OV |",
+              "|---|---|---|---|---|---|---|"]
+    for result in results:
+        lines.append(f"| {result['model']} | " + " | ".join(_openvino_ratios(result["variants"])) + " |")
+    notes = [f"{r['model']} {key}: {v['note']}" for r in results for key, v in r["variants"].items() if "note" in v]
+    lines += ["", "Notes: " + "; ".join(notes) + "."] if notes else []
     lines += ["", "Models: " + "; ".join(f"{r['model']}: {r['description']}, {r['records']} eval records" for r in results) + "."]
     return "\n".join(lines)
+
+
+def _openvino_ratios(variants) -> list[str]:
+    """The cells of the kquant→OpenVINO row: speed against NNCF and TF fp32, accuracy, int8 layers of each."""
+    from kquant.quantization.openvino import INT8_PRECISIONS
+
+    kq, nncf, fp32 = variants["kquant int8 (OpenVINO)"], variants["NNCF int8 (OpenVINO)"], variants["TF fp32"]
+
+    def quality(v):
+        if "error" in v:
+            return "failed"
+        return f"{v['accuracy']:.2f} ({v['agreement']:.1f})" if v["accuracy"] is not None else f"agreement {v['agreement']:.1f}"
+
+    def int8_layers(v):
+        if "error" in v:
+            return "—"
+        weighted = [(key.split()[1], count) for key, count in v["op_census"].items() if key.split()[0] in OPENVINO_WEIGHTED]
+        return f"{sum(count for precision, count in weighted if precision in INT8_PRECISIONS)} of {sum(c for _, c in weighted)}"
+
+    if "error" in kq:
+        return ["—"] * 5 + [f"failed / {quality(nncf)} / {quality(fp32)}", f"— / {int8_layers(nncf)}"]
+    if "error" in nncf:
+        b1 = b32 = meets = "—"
+    else:
+        b1, b32 = nncf["latency_b1_ms"] / kq["latency_b1_ms"], kq["throughput_b32"] / nncf["throughput_b32"]
+        meets = "yes" if min(b1, b32) >= 0.95 else "no"
+        b1, b32 = f"{b1:.2f}x", f"{b32:.2f}x"
+    return [b1, b32, meets, f"{fp32['latency_b1_ms'] / kq['latency_b1_ms']:.2f}x",
+            f"{quality(kq)} / {quality(nncf)} / {quality(fp32)}", f"{int8_layers(kq)} / {int8_layers(nncf)}"]
 
 
 def main(argv=None):

@@ -128,11 +128,14 @@ def warn_unless_int8(precisions: dict[str, str], layers: dict | None = None) -> 
 
 class OpenVinoRunner:
     """An OpenVINO model compiled once for CPU, called like ``runtime.GraphRunner``: arrays in the order of ``inputs``
-    (TensorSpecs, matched to the model's inputs by tensor name), the outputs as a list in the model's order."""
+    (TensorSpecs, matched to the model's inputs by tensor name), the outputs as a list in the model's order.
+    ``threads`` and ``precision`` ("f32", "bf16": the precision of the layers not run in int8) set the plugin's
+    INFERENCE_NUM_THREADS and INFERENCE_PRECISION_HINT; None keeps its default (bf16 on CPUs with AMX)."""
 
-    def __init__(self, model, inputs, *, threads: int | None = None):
+    def __init__(self, model, inputs, *, threads: int | None = None, precision: str | None = None):
         ov = import_openvino()
-        config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
+        config = {key: value for key, value in (("INFERENCE_NUM_THREADS", threads),
+                                                ("INFERENCE_PRECISION_HINT", precision)) if value}
         self.compiled = ov.Core().compile_model(model, "CPU", config)
         names = [port.get_names() for port in self.compiled.inputs]
         self._ports = [next((i for i, n in enumerate(names) if spec.name in n or spec.node in n), None) for spec in inputs]

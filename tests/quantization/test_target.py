@@ -133,3 +133,14 @@ def test_an_ir_without_its_bin_is_one_error_line(tiny, ir, tmp_path, capfd):
     assert err.startswith("kquant: error:") and f"{tmp_path / 'lone.bin'} does not exist" in err and err.count("\n") == 1
     with pytest.raises(kquant.KQuantError, match="keep the .bin next to the .xml"):
         kquant.benchmark(lone)
+
+
+@needs_openvino
+def test_an_openvino_runner_compiles_with_the_threads_and_precision_asked_for(ir):
+    model = kov.read_ir(ir)
+    inputs, _ = kov.model_specs(model)
+    default = kov.OpenVinoRunner(model, inputs).compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    asked = "f32" if default == "bf16" else "bf16"  # not the CPU's default, so the hint is what sets it
+    compiled = kov.OpenVinoRunner(model, inputs, threads=1, precision=asked).compiled
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == asked
