@@ -16,18 +16,19 @@ _VALID_NODE_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/>]*$")
 def freeze_concrete_function(function, output_names=None) -> FrozenGraph:
     """Freeze a ``tf.function`` concrete function; outputs get ``output_names`` where given and valid.
 
-    The freeze's NoOp and its control edges to the weights are dropped (``without_freeze_control_edges``): they
+    The freeze's NoOp and its control edges to the weights are dropped (``drop_freeze_control_edges``): they
     order nothing, but they pin the unfolded weights, so the stock batch-norm folds would skip them.
     """
-    from kquant.transforms.rewrites.remove_freeze_leftovers import without_freeze_control_edges
+    from kquant.transforms.rewrites.remove_freeze_leftovers import drop_freeze_control_edges
 
     frozen_function = convert_variables_to_constants_v2(function)
     inputs = tuple(
         TensorSpec(t.name, t.dtype.name, _shape(t.shape)) for t in frozen_function.inputs if t.dtype.name != "resource"
     )
     outputs = [TensorSpec(t.name, t.dtype.name, _shape(t.shape)) for t in frozen_function.outputs]
-    graph_def = without_freeze_control_edges(frozen_function.graph.as_graph_def(),
-                                             {spec.node for spec in (*inputs, *outputs)})
+    graph_def = frozen_function.graph.as_graph_def()
+    del frozen_function  # its graph holds a copy of every weight: let it go before the graph is edited
+    drop_freeze_control_edges(graph_def, {spec.node for spec in (*inputs, *outputs)})
     _inference_batch_norms_as_v1(graph_def)
     if output_names is not None:
         outputs = name_outputs(graph_def, outputs, list(output_names))

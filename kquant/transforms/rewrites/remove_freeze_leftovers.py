@@ -28,7 +28,9 @@ SWITCH_OPS = frozenset({"Switch", "RefSwitch", "_SwitchN"})
 @register("remove_freeze_leftovers")
 def remove_freeze_leftovers(graph_def, context):
     protected = context.protected
-    result = without_freeze_control_edges(graph_def, protected)
+    result = graph_pb2.GraphDef()
+    result.CopyFrom(graph_def)
+    drop_freeze_control_edges(result, protected)
     ops = {node.name: node.op for node in result.node}
     awaited = {node_name(inp) for node in result.node for inp in node.input if is_control_input(inp)}
     forward = {node.name: node.input[0] for node in result.node
@@ -46,28 +48,22 @@ def remove_freeze_leftovers(graph_def, context):
     return prune_unused(result, [node.name for node in result.node], protected)
 
 
-def without_freeze_control_edges(graph_def, protected=()) -> graph_pb2.GraphDef:
-    """A copy of ``graph_def`` without control edges from constant-only nodes and without the NoOps left with no
-    input: the first half of this transform, which ``freeze`` applies to every graph it hands out (every value
-    stays exactly as it was)."""
+def drop_freeze_control_edges(graph_def, protected=()) -> None:
+    """Remove, in place, the control edges from constant-only nodes and the NoOps left with no input: the first half
+    of this transform, which ``freeze`` applies to every graph it hands out (every value stays exactly as it was)."""
     constant = _constant_only(graph_def)
-    result = graph_pb2.GraphDef()
-    result.CopyFrom(graph_def)
-    for node in result.node:
+    for node in graph_def.node:
         kept = [inp for inp in node.input if not (is_control_input(inp) and node_name(inp) in constant)]
         if len(kept) != len(node.input):
             del node.input[:]
             node.input.extend(kept)
-    empty_noops = {node.name for node in result.node if node.op == "NoOp" and not node.input and node.name not in protected}
-    if not empty_noops:
-        return result
-    remove_nodes(result, empty_noops)
-    for node in result.node:
+    empty_noops = {node.name for node in graph_def.node if node.op == "NoOp" and not node.input and node.name not in protected}
+    remove_nodes(graph_def, empty_noops)
+    for node in graph_def.node:
         if any(node_name(inp) in empty_noops for inp in node.input):
             inputs = [inp for inp in node.input if node_name(inp) not in empty_noops]
             del node.input[:]
             node.input.extend(inputs)
-    return result
 
 
 def _constant_only(graph_def) -> set[str]:
