@@ -3,7 +3,8 @@
     python benchmarks/zoo.py [--archs DenseNet121,InceptionV3] [--keras 3|2|both] [--size min|N] [--runs 10]
                              [--out benchmarks/zoo_results] [--timeout 1800] [--report benchmarks/ZOO.md]
 
-Each (architecture, Keras) row runs in its own process (a TensorFlow abort or a hang costs that row only) with
+Each (architecture, Keras) row runs in its own process (a TensorFlow abort or a hang costs that row only; the
+Keras model is built and frozen in a child of it, so Keras's memory is gone before kquant starts) with
 random weights (weights=None: coverage and exactness, not accuracy) at the smallest input it accepts (``--size``
 picks another side where allowed). One row:
 
@@ -23,11 +24,11 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import gc
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -116,19 +117,17 @@ def measure(arch: str, keras_version: str, side: int, runs: int) -> dict:
     from kquant.runtime import GraphRunner
 
     row = {"arch": arch, "keras": keras_version, "size": side, "runs": runs}
-    start = time.perf_counter()
-    model, preprocess = build_model(arch, keras_version, side)
-    rng = np.random.default_rng(0)
-    images = preprocess(rng.uniform(0, 255, (CALIBRATION_IMAGES + EVAL_IMAGES, side, side, 3)).astype(np.float32))
-    images = np.asarray(images, np.float32)
-    calibration, evaluation = images[:CALIBRATION_IMAGES], images[CALIBRATION_IMAGES:]
-    reference = np.asarray(model.predict(evaluation, verbose=0), np.float64)
-    row["build_s"] = time.perf_counter() - start
-
-    frozen = kquant.freeze(model)
-    del model  # the big models need every copy of their weights gone that can go
-    __import__(KERASES[keras_version]).backend.clear_session()
-    gc.collect()
+    with tempfile.TemporaryDirectory(prefix="kquant-zoo-") as tmp:  # Keras in a process of its own: see freeze_row
+        command = [sys.executable, __file__, "--freeze-row", arch, "--keras", keras_version, "--size", str(side),
+                   "--out", tmp]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"building and freezing the Keras model failed (exit {done.returncode}): "
+                               f"{_last_line(done.stderr)}")
+        with np.load(Path(tmp) / "data.npz") as data:
+            calibration, evaluation, reference = data["calibration"], data["evaluation"], data["reference"]
+            row["build_s"] = float(data["build_s"])
+        frozen = kquant.freeze(str(Path(tmp) / "frozen.pb"))
     row["stage"] = "quantize"
 
     start = time.perf_counter()
@@ -198,6 +197,27 @@ def graph_counts(result) -> dict:
     return {"int8_ops": sum(int8.values()), "int8_op_types": int8, "units": dict(kinds),
             "quantize_v2": ops.get("QuantizeV2", 0), "dequantize": ops.get("Dequantize", 0),
             "fp32_weighted_left": left, "fp32_ops": dict(fp32_ops)}
+
+
+def freeze_row(arch: str, keras_version: str, side: int, out: Path) -> None:
+    """Build the Keras model, its images and reference outputs, freeze it, and write them to ``out``. Run in a process
+    of its own: what Keras keeps after a big model (ConvNeXtXLarge's 1.4 GiB of weights, several times over) is
+    then gone before the row quantizes."""
+    import numpy as np
+
+    import kquant
+
+    start = time.perf_counter()
+    model, preprocess = build_model(arch, keras_version, side)
+    rng = np.random.default_rng(0)
+    images = preprocess(rng.uniform(0, 255, (CALIBRATION_IMAGES + EVAL_IMAGES, side, side, 3)).astype(np.float32))
+    images = np.asarray(images, np.float32)
+    evaluation = images[CALIBRATION_IMAGES:]
+    reference = np.asarray(model.predict(evaluation, verbose=0), np.float64)
+    build_s = time.perf_counter() - start
+    kquant.freeze(model).save(out / "frozen.pb")
+    np.savez(out / "data.npz", calibration=images[:CALIBRATION_IMAGES], evaluation=evaluation, reference=reference,
+             build_s=build_s)
 
 
 def worker(arch, keras_version, side, runs, path: Path) -> None:
@@ -334,7 +354,10 @@ def main(argv=None):
     parser.add_argument("--timeout", type=int, default=1800, help="seconds one row may take")
     parser.add_argument("--report", type=Path, help="write the table of every row in --out to this Markdown file")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # the child process measuring one row
+    parser.add_argument("--freeze-row", help=argparse.SUPPRESS)  # its child building and freezing the Keras model
     args = parser.parse_args(argv)
+    if args.freeze_row:
+        return freeze_row(args.freeze_row, args.keras, int(args.size), args.out)
     if args.row:
         worker(args.row, args.keras, int(args.size), args.runs, args.out / f"{args.row}-keras{args.keras}.json")
         return

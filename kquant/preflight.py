@@ -8,7 +8,8 @@ and fetches the same tensors on one batch; if a signal kills it, the parent rais
 ordinary failure in the child is left to the in-process run, which reports it the usual way.
 
 One child serves a whole process (started at the first pre-flight, again after an abort), so the TensorFlow
-start-up is paid once; each graph then costs its import and one batch (measured in the README).
+start-up is paid once; each graph then costs its import and one batch (measured in the README). After a graph
+of more than 256 MiB the child ends, so it does not hold that memory beside the rest of the work.
 KQUANT_PREFLIGHT=0 turns it off.
 """
 
@@ -29,6 +30,11 @@ import numpy as np
 from kquant.errors import GraphRunError
 
 
+# after a graph this big the child ends: it keeps much of what the graph took (TensorFlow's caches), and a new
+# child's start-up is small against the quantize time of such a model
+KEEP_CHILD_BELOW = 256 * 2 ** 20
+
+
 def preflight_enabled() -> bool:
     return os.environ.get("KQUANT_PREFLIGHT", "1").strip().lower() not in ("0", "false", "no", "off")
 
@@ -42,12 +48,14 @@ def preflight(graph_def, inputs, outputs, arrays, what: str = "the graph", *, op
     with tempfile.TemporaryDirectory(prefix="kquant-preflight-") as tmp:
         tmp = Path(tmp)
         try:
-            (tmp / "graph.pb").write_bytes(graph_def.SerializeToString())
+            size = (tmp / "graph.pb").write_bytes(graph_def.SerializeToString())
             np.savez(tmp / "inputs.npz", *[np.asarray(a) for a in arrays])
             (tmp / "names.json").write_text(json.dumps({"inputs": list(inputs), "outputs": list(outputs), "optimize": optimize}))
         except OSError:  # no room for the child's copy (a full /tmp): run without the pre-flight, as before it
             return
         returncode, stderr = _Child.run(tmp)
+    if size > KEEP_CHILD_BELOW:
+        _Child.close()
     if returncode is None or returncode >= 0:
         return
     raise GraphRunError(

@@ -106,6 +106,24 @@ def test_a_graph_that_aborts_tensorflow_raises_graph_run_error_and_the_process_l
     assert "RAISED TensorFlow aborted the process running the graph with grappler (SIGABRT: Check failed" in result.stdout
 
 
+def test_the_preflight_child_ends_after_a_big_graph(monkeypatch):
+    """It stays for the next graph, unless the one it ran was big: then it ends and gives its memory back."""
+    import tensorflow as tf
+
+    import kquant.preflight as preflight
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (None, 4), name="x")
+        tf.identity(x * 2.0, name="y")
+    run = lambda: preflight.preflight(graph.as_graph_def(), ["x:0"], ["y:0"], [np.ones((2, 4), np.float32)])
+    run()
+    assert preflight._Child.process is not None and preflight._Child.process.poll() is None
+    monkeypatch.setattr(preflight, "KEEP_CHILD_BELOW", 0)
+    run()
+    assert preflight._Child.process is None
+
+
 def test_preflight_can_be_turned_off(monkeypatch):
     import kquant.preflight
 
