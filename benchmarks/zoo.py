@@ -127,6 +127,7 @@ def measure(arch: str, keras_version: str, side: int, runs: int) -> dict:
         with np.load(Path(tmp) / "data.npz") as data:
             calibration, evaluation, reference = data["calibration"], data["evaluation"], data["reference"]
             row["build_s"] = float(data["build_s"])
+            row["keras_batch_error"] = float(data["keras_batch_error"])
         frozen = kquant.freeze(str(Path(tmp) / "frozen.pb"))
     row["stage"] = "quantize"
 
@@ -215,9 +216,12 @@ def freeze_row(arch: str, keras_version: str, side: int, out: Path) -> None:
     evaluation = images[CALIBRATION_IMAGES:]
     reference = np.asarray(model.predict(evaluation, verbose=0), np.float64)
     build_s = time.perf_counter() - start
+    # what the fp32 bound can mean for this model: Keras against itself, one image at a time instead of a batch
+    single = np.concatenate([np.asarray(model(evaluation[i:i + 1], training=False)) for i in range(len(evaluation))])
+    keras_batch_error = float(np.abs(single - reference).max() / np.abs(reference).max())
     kquant.freeze(model).save(out / "frozen.pb")
     np.savez(out / "data.npz", calibration=images[:CALIBRATION_IMAGES], evaluation=evaluation, reference=reference,
-             build_s=build_s)
+             build_s=build_s, keras_batch_error=keras_batch_error)
 
 
 def worker(arch, keras_version, side, runs, path: Path) -> None:
@@ -300,7 +304,10 @@ def report(out: Path, command: str) -> str:
             status = r.get("error") or f"stopped at {r.get('stage')}"
             lines.append(f"| {r['arch']} | {r['keras']} | {r['size']} | " + "| " * 8 + f"{status} |")
             continue
-        fp32_status = "" if r["fp32_max_rel_error"] <= FP32_BOUND else "fp32 error over 1e-4; "
+        noise = r.get("keras_batch_error", 0.0)
+        fp32_status = ("" if r["fp32_max_rel_error"] <= FP32_BOUND else
+                       f"fp32 error over 1e-4, as is Keras's own (batch 1 against 8: {noise:.1e}; chaotic random "
+                       "weights); " if noise > FP32_BOUND else "fp32 error over 1e-4; ")
         lines.append(
             f"| {r['arch']} | {r['keras']} | {r['size']} | {r['fp32_max_rel_error']:.1e} | {r['int8_ops']} "
             f"({r['quantize_v2']}/{r['dequantize']}) | {len(r['fp32_weighted_left'])} | "
