@@ -219,14 +219,22 @@ def tf_keras_saved_model(tf_keras_multi_io_model, work_dir) -> Path:
     return path
 
 
+def save_conv_model_files(root: Path, samples: int):
+    """``build_conv_model`` saved as root/m.keras and ``samples`` random images as root/calib.npy: (model, images)."""
+    import keras
+
+    model = build_conv_model(keras)
+    model.save(root / "m.keras")
+    images = np.random.default_rng(0).random((samples, 28, 28, 1), np.float32)
+    np.save(root / "calib.npy", images)
+    return model, images
+
+
 @pytest.fixture(scope="session")
 def cli_files(tmp_path_factory) -> Path:
     """A small conv model saved as m.keras and 8 calibration samples as calib.npy, for CLI quantize runs."""
-    import keras
-
     root = tmp_path_factory.mktemp("cli")
-    build_conv_model(keras).save(root / "m.keras")
-    np.save(root / "calib.npy", np.random.default_rng(0).random((8, 28, 28, 1), np.float32))
+    save_conv_model_files(root, 8)
     return root
 
 

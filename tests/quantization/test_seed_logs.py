@@ -11,18 +11,13 @@ from kquant.quantization.graph_converter import STAGE_FILES
 from kquant.quantization.seed_logs import ranges_from_log
 from kquant.quantization.pipeline import plan
 
-from ..conftest import build_conv_model
+from ..conftest import save_conv_model_files
 
 
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory):
-    import keras
-
     root = tmp_path_factory.mktemp("logs")
-    model = build_conv_model(keras)
-    model.save(root / "m.keras")
-    calib = np.random.default_rng(0).random((16, 28, 28, 1), np.float32)
-    np.save(root / "calib.npy", calib)
+    model, calib = save_conv_model_files(root, 16)
     return root, model, calib
 
 

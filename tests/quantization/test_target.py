@@ -12,7 +12,7 @@ from kquant.errors import ConfigurationError, MissingRuntimeError
 from kquant.quantization import openvino as kov
 from kquant.quantization.config import QuantizationConfig
 
-from ..conftest import build_conv_model
+from ..conftest import save_conv_model_files
 from .test_export import first, needs_openvino, run_openvino
 
 
@@ -35,13 +35,8 @@ def test_an_openvino_target_predicts_what_its_exported_ir_computes(fashion, tmp_
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny conv model, its saved file and 32 random images (the mechanics, not accuracy)."""
-    import keras
-
     root = tmp_path_factory.mktemp("target")
-    model = build_conv_model(keras)
-    model.save(root / "m.keras")
-    x = np.random.default_rng(0).random((32, 28, 28, 1), np.float32)
-    np.save(root / "x.npy", x)
+    model, x = save_conv_model_files(root, 32)
     return model, x, root
 
 
@@ -96,7 +91,7 @@ def test_a_missing_openvino_fails_before_the_model_is_read(tmp_path, monkeypatch
 def ir(tiny):
     """The tiny model quantized for OpenVINO through the CLI: m.xml + m.bin."""
     _, _, root = tiny
-    assert main(["quantize", str(root / "m.keras"), "--calib", str(root / "x.npy"), "-o", str(root / "m.xml"),
+    assert main(["quantize", str(root / "m.keras"), "--calib", str(root / "calib.npy"), "-o", str(root / "m.xml"),
                  "--target", "openvino", "--no-progress"]) == 0
     return root / "m.xml"
 
@@ -116,7 +111,7 @@ def test_benchmark_times_an_openvino_ir_beside_the_tf_graph(tiny, ir):
 @needs_openvino
 def test_kquant_bench_takes_xml_models(tiny, ir, capfd):
     _, _, root = tiny
-    assert main(["bench", str(root / "m.keras"), "--int8", str(ir), "--data", str(root / "x.npy"), "--runs", "3",
+    assert main(["bench", str(root / "m.keras"), "--int8", str(ir), "--data", str(root / "calib.npy"), "--runs", "3",
                  "--no-progress"]) == 0
     out = capfd.readouterr().out
     assert "\nfp32 (" in out and "int8 (OpenVINO)" in out and "Top-1 agreement (%)" in out and "int8 / fp32: size" in out
