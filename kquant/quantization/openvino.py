@@ -103,10 +103,10 @@ def _same_codes(codes, q) -> bool:
 
 
 def runtime_precisions(model, anchors, device: str = "CPU") -> dict[str, str]:
-    """Compile ``model`` (an ``ov.Model`` or an .xml path) for ``device``: anchor -> the runtime precision of the
-    layer computing it ("" when no compiled layer computes it under that name)."""
+    """Compile ``model`` (an ``ov.Model``) for ``device``: anchor -> the runtime precision of the layer computing it
+    ("" when no compiled layer computes it under that name)."""
     ov = import_openvino()
-    compiled = ov.Core().compile_model(model if hasattr(model, "get_ops") else str(model), device)
+    compiled = ov.Core().compile_model(model, device)
     precision = {}
     for op in compiled.get_runtime_model().get_ops():
         info = op.get_rt_info()
