@@ -9,10 +9,11 @@ batch 32 (throughput), every runtime on THREADS threads. TF fp32 is the optimize
 baseline kquant's int8 is built from. TensorFlow reads TF_ENABLE_ONEDNN_OPTS once per process, so TF's default on
 this CPU (Eigen, oneDNN off) is timed in a second subprocess on the same fp32 graph, not interleaved: a side note,
 not a column. INC and TFLite quantize the same frozen fp32 graph kquant does; OpenVINO (f32 precision hint) runs
-the optimized fp32 graph converted by ov.convert_model, NNCF quantizes that model with its defaults, tf2onnx
-converts the optimized fp32 graph for ONNX Runtime's static QDQ int8 (per channel); all calibrate on the same
-samples. kquant int8 (OpenVINO) is the kquant int8 model exported with export(format="openvino"), not quantized
-again. A peer that fails on a model (or is not installed) is recorded as that cell's error.
+the optimized fp32 graph converted as kquant converts its QDQ graph (kquant.quantization.openvino.convert), NNCF
+quantizes that model with its defaults, tf2onnx converts the optimized fp32 graph for ONNX Runtime's static QDQ
+int8 (per channel); all calibrate on the same samples. kquant int8 (OpenVINO) is kquant.quantize(..., target="openvino") exported with export(format="openvino"),
+once with the default stem="fp32" and once with stem="int8" (NNCF's choice: the image stem in int8 too). A peer
+that fails on a model (or is not installed) is recorded as that cell's error.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("fashion_cnn", "wide_deep", "fer", "resnet20")
 BATCHES = (1, 32)
 VARIANTS = ("TF fp32", "kquant int8", "INC int8", "TFLite int8", "OpenVINO fp32", "NNCF int8 (OpenVINO)", "ORT int8",
-            "kquant int8 (OpenVINO)")
+            "kquant int8 (OpenVINO)", "kquant int8 stem=int8 (OpenVINO)")
+KQUANT_OPENVINO = ("kquant int8 (OpenVINO)", "kquant int8 stem=int8 (OpenVINO)")
 OPENVINO_WEIGHTED = ("Convolution", "FullyConnected", "MatMul")  # the compiled model's layer types with weights
 THREADS = 2  # every runtime's intra-op threads: TF's session, TFLite's interpreter, OpenVINO's CPU plugin, ORT
 
@@ -114,13 +116,12 @@ def _rows(column, count):
 @dataclasses.dataclass
 class Variant:
     """A built variant: its runner (call, predict), the seconds it took to quantize (None for fp32), its file size,
-    extra numbers to record; ``qmodel``: kquant's QuantizedModel, which the OpenVINO export builds from."""
+    extra numbers to record."""
 
     runner: object
     quantize_s: float | None
     size_bytes: int
     extra: dict = dataclasses.field(default_factory=dict)
-    qmodel: object = None
 
 
 class Runner:
@@ -222,7 +223,7 @@ def kquant_int8(frozen, calibration):
     seconds = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         size = qmodel.save(Path(tmp) / "int8.pb").stat().st_size  # the file as written
-    return Variant(TFGraph(qmodel.graph_def, frozen.input_names, frozen.output_names[0]), seconds, size, qmodel=qmodel)
+    return Variant(TFGraph(qmodel.graph_def, frozen.input_names, frozen.output_names[0]), seconds, size)
 
 
 def inc_int8(frozen, calibration):
@@ -275,7 +276,7 @@ def openvino_fp32(fp32):
     from kquant.benchmark import _TimedOpenVino
     from kquant.quantization.openvino import convert
 
-    model = convert(fp32.graph_def, fp32, ())  # ov.convert_model on the GraphDef, its outputs the graph's
+    model = convert(fp32.graph_def, fp32, ())  # OpenVINO's TensorFlow frontend on the GraphDef, its outputs the graph's
     return Variant(OpenVinoModel(model, fp32.inputs), None, _TimedOpenVino(model).size_bytes())
 
 
@@ -337,21 +338,22 @@ def ort_int8(fp32, calibration):
     return Variant(OnnxModel(content, names), seconds, len(content), extra)
 
 
-def kquant_openvino(kquant_variant, fp32):
-    """The kquant int8 model as exported for OpenVINO; quantize_s counts kquant's quantize and the export."""
+def kquant_openvino(frozen, calibration, stem):
+    """kquant.quantize(..., target="openvino") and its OpenVINO export; quantize_s counts both, export_s the export."""
+    import kquant
     from kquant.quantization.openvino import read_ir
 
-    if kquant_variant is None:
-        raise RuntimeError("kquant int8 failed: no model to export")
+    start = time.perf_counter()
+    qmodel = kquant.quantize(frozen, calibration, target="openvino", stem=stem, progress=False)
+    quantize_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        xml = kquant_variant.qmodel.export(Path(tmp) / "int8.xml", format="openvino")
+        xml = qmodel.export(Path(tmp) / "int8.xml", format="openvino")
         export_s = time.perf_counter() - start
         model = read_ir(xml)
         size = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
-    return Variant(OpenVinoModel(model, fp32.inputs), kquant_variant.quantize_s + export_s, size, {"export_s": export_s})
-
-
+    return Variant(OpenVinoModel(model, frozen.inputs), quantize_s + export_s, size,
+                   {"export_s": export_s, "kquant_quantize_s": quantize_s})
 
 
 def _columns(data, frozen):
@@ -380,12 +382,13 @@ def measure_model(name, runs, fp32_path):
     kquant.save_graph_def(fp32.graph_def, fp32_path)
     variants = {"TF fp32": Variant(TFGraph(fp32.graph_def, fp32.input_names, fp32.output_names[0]), None,
                                    len(_serialized(fp32.graph_def)))}
-    # built and timed in this order (time_interleaved alternates it): the two OpenVINO int8 variants side by side,
-    # between TF and OpenVINO variants, so that neither runs right after ORT, whose threads spin idle after a call
+    # built and timed in this order (time_interleaved alternates it): the OpenVINO int8 variants side by side,
+    # between TF and OpenVINO variants, so that none runs right after ORT, whose threads spin idle after a call
     builds = {
         "kquant int8": lambda: kquant_int8(frozen, calibration),
-        "kquant int8 (OpenVINO)": lambda: kquant_openvino(variants.get("kquant int8"), fp32),
+        "kquant int8 (OpenVINO)": lambda: kquant_openvino(frozen, calibration, "fp32"),
         "NNCF int8 (OpenVINO)": lambda: nncf_int8(fp32, calibration),
+        "kquant int8 stem=int8 (OpenVINO)": lambda: kquant_openvino(frozen, calibration, "int8"),
         "OpenVINO fp32": lambda: openvino_fp32(fp32),
         "INC int8": lambda: inc_int8(frozen, calibration),
         "TFLite int8": lambda: tflite_int8(frozen, calibration),
@@ -543,24 +546,28 @@ def markdown(env, results) -> str:
         cells.append(f"{eigen['b1']:.3f} / {eigen['b32']:.3f} (oneDNN {fp32['latency_b1_ms']:.3f} / {32e3 / fp32['throughput_b32']:.3f})"
                      if eigen else "—")
         lines.append(f"| {result['model']} | " + " | ".join(cells) + " |")
-    lines += ["", "kquant int8 (OpenVINO) against NNCF int8 (OpenVINO) and TF fp32 (speed: the other's latency b1 over kquant's, "
-              "kquant's throughput b32 over the other's; above 1 is faster; target: at least 0.95 against NNCF):", "",
-              "| model | speed vs NNCF b1 | speed vs NNCF b32 | ≥ 0.95× NNCF | speed vs TF fp32 b1 | "
-              "accuracy % (agreement %): kquant→OV / NNCF→OV / TF fp32 | int8 convs+matmuls: kquant→OV / NNCF→OV |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "kquant → OpenVINO (default stem=\"fp32\", and stem=\"int8\") against NNCF int8 (OpenVINO) and TF fp32 "
+              "(speed: the other's latency b1 over kquant's, kquant's throughput b32 over the other's; above 1 is faster; "
+              "target: at least 0.95 against NNCF; export: seconds of export(format=\"openvino\") over kquant's quantize):", "",
+              "| model | stem | speed vs NNCF b1 | speed vs NNCF b32 | ≥ 0.95× NNCF | speed vs TF fp32 b1 | "
+              "accuracy % (agreement %): kquant→OV / NNCF→OV / TF fp32 | int8 convs+matmuls: kquant→OV / NNCF→OV | export / quantize |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for result in results:
-        lines.append(f"| {result['model']} | " + " | ".join(_openvino_ratios(result["variants"])) + " |")
+        for key in KQUANT_OPENVINO:
+            stem = "int8" if "stem=int8" in key else "fp32"
+            lines.append(f"| {result['model']} | {stem} | " + " | ".join(_openvino_ratios(result["variants"], key)) + " |")
     notes = [f"{r['model']} {key}: {v['note']}" for r in results for key, v in r["variants"].items() if "note" in v]
     lines += ["", "Notes: " + "; ".join(notes) + "."] if notes else []
     lines += ["", "Models: " + "; ".join(f"{r['model']}: {r['description']}, {r['records']} eval records" for r in results) + "."]
     return "\n".join(lines)
 
 
-def _openvino_ratios(variants) -> list[str]:
-    """The cells of the kquant→OpenVINO row: speed against NNCF and TF fp32, accuracy, int8 layers of each."""
+def _openvino_ratios(variants, key) -> list[str]:
+    """The cells of a kquant→OpenVINO row (variant ``key``): speed against NNCF and TF fp32, accuracy, int8 layers of
+    each, export time over quantize time."""
     from kquant.quantization.openvino import INT8_PRECISIONS
 
-    kq, nncf, fp32 = variants["kquant int8 (OpenVINO)"], variants["NNCF int8 (OpenVINO)"], variants["TF fp32"]
+    kq, nncf, fp32 = variants[key], variants["NNCF int8 (OpenVINO)"], variants["TF fp32"]
 
     def quality(v):
         if "error" in v:
@@ -574,7 +581,7 @@ def _openvino_ratios(variants) -> list[str]:
         return f"{sum(count for precision, count in weighted if precision in INT8_PRECISIONS)} of {sum(c for _, c in weighted)}"
 
     if "error" in kq:
-        return ["—"] * 5 + [f"failed / {quality(nncf)} / {quality(fp32)}", f"— / {int8_layers(nncf)}"]
+        return ["—"] * 4 + [f"failed / {quality(nncf)} / {quality(fp32)}", f"— / {int8_layers(nncf)}", "—"]
     if "error" in nncf:
         b1 = b32 = meets = "—"
     else:
@@ -582,7 +589,8 @@ def _openvino_ratios(variants) -> list[str]:
         meets = "yes" if min(b1, b32) >= 0.95 else "no"
         b1, b32 = f"{b1:.2f}x", f"{b32:.2f}x"
     return [b1, b32, meets, f"{fp32['latency_b1_ms'] / kq['latency_b1_ms']:.2f}x",
-            f"{quality(kq)} / {quality(nncf)} / {quality(fp32)}", f"{int8_layers(kq)} / {int8_layers(nncf)}"]
+            f"{quality(kq)} / {quality(nncf)} / {quality(fp32)}", f"{int8_layers(kq)} / {int8_layers(nncf)}",
+            f"{kq['export_s']:.2f} / {kq['kquant_quantize_s']:.2f} s"]
 
 
 def main(argv=None):

@@ -15,8 +15,8 @@ from kquant.errors import MissingRuntimeError
 from kquant.graph import atomic_write
 from kquant.quantization import model as model_module
 from kquant.quantization.cpu import has_vnni
-from kquant.quantization.openvino import INT8_PRECISIONS, import_openvino
-from kquant.quantization.qdq import QdqPoints, qdq_graph_def
+from kquant.quantization.openvino import INT8_PRECISIONS, convert, import_openvino
+from kquant.quantization.qdq import QdqPoints, export_points, qdq_graph_def
 from kquant.runtime import GraphRunner
 
 from ..conftest import cli_quantize
@@ -139,6 +139,23 @@ def test_wide_and_deep_in_openvino_keeps_its_accuracy(wide_deep, wide_deep_int8,
     fp32 = model.predict(xt, verbose=0)[:, 0] > 0.5
     assert 100 * np.mean(openvino == yt) >= 100 * np.mean(fp32 == yt) - 0.5
     assert np.mean(openvino == (first(wide_deep_int8.predict(xt))[:, 0] > 0.5)) >= 0.99
+
+
+@needs_openvino
+def test_the_openvino_model_is_the_one_ov_convert_model_gives(fashion_int8, fashion):
+    """kquant reads the QDQ graph with OpenVINO's TensorFlow frontend and the passes of ``ov.convert_model``:
+    the same layers, int8 weights, the same outputs."""
+    ov = import_openvino()
+    _, _, xt, _ = fashion
+    result = fashion_int8.result
+    points = export_points(result.fp32, result.units, result.ranges, result.options)
+    graph_def = points.graph_def()
+    ours = convert(graph_def, result.fp32, points.weights)
+    theirs = ov.convert_model(graph_def, output=list(result.fp32.output_names))
+    assert sorted(op.get_type_name() for op in ours.get_ops()) == sorted(op.get_type_name() for op in theirs.get_ops())
+    assert sum(op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8 for op in ours.get_ops()) == len(points.weights) == 4
+    core = ov.Core()
+    np.testing.assert_array_equal(core.compile_model(ours, "CPU")(xt[:256])[0], core.compile_model(theirs, "CPU")(xt[:256])[0])
 
 
 @needs_openvino
