@@ -21,7 +21,7 @@ import tensorflow as tf
 from tensorflow.core.framework import node_def_pb2
 from tensorflow.python.framework import tensor_util
 
-from kquant.graphdef import const_node, const_value, node_name, nodes_by_name, output_channels
+from kquant.graphdef import const_node, const_value, node_name, nodes_by_name, output_channels, tensor_name
 from kquant.quantization.nodes import make_node
 from kquant.quantization.plan import tensors_read_as_int8
 from kquant.quantization.weights import dequantized_weights, quantize_weights
@@ -108,14 +108,22 @@ class QdqPoints:
                 anchor.input[:] = [_weight_fake_quant(graph_def, weights) if node_name(i) == weights.const else i
                                    for i in anchor.input]
         points = self.rounded + [t for t in self.entering if t not in self.grid]
+        outputs = {node_name(t) for t in self.fp32.output_names}
         for tensor in dict.fromkeys(points):
             low, high = self.ranges[tensor]
             name = tensor.split(":")[0]
-            fake = node_def_pb2.NodeDef(name=f"{name}/fake_quant", op="FakeQuantWithMinMaxArgs", input=[name])
-            fake.attr["min"].f, fake.attr["max"].f, fake.attr["num_bits"].i = min(low, 0.0), max(high, 0.0), 8
-            for node in graph_def.node:
-                node.input[:] = [fake.name if i in (name, tensor) else i for i in node.input]
-            graph_def.node.append(fake)
+            slots = _concat_input_slots(nodes, name, set(points)) if self.weight_form == "fake_quant" \
+                and name not in outputs else []
+            for slot in slots:  # the same values, from FakeQuants on the concat's inputs
+                concat = nodes[name]
+                fake = _fake_quant(f"{name}/input_{slot}/fake_quant", concat.input[slot], low, high)
+                concat.input[slot] = fake.name
+                graph_def.node.append(fake)
+            if not slots:
+                fake = _fake_quant(f"{name}/fake_quant", name, low, high)
+                for node in graph_def.node:
+                    node.input[:] = [fake.name if i in (name, tensor) else i for i in node.input]
+                graph_def.node.append(fake)
         return graph_def
 
 
@@ -130,6 +138,24 @@ def qdq_graph_def(fp32, units, ranges, weights: str = "rounded"):
     """``fp32`` (a FrozenGraph) with int8 weights (``weights``: rounded constants, or fp32 ones behind a FakeQuant)
     and FakeQuant on every tensor ``units`` (as the rewrite emitted them: ``QuantizationResult.units``) round."""
     return QdqPoints(fp32, units, ranges, weights).graph_def()
+
+
+def _fake_quant(name: str, tensor: str, low: float, high: float):
+    """An asymmetric 8-bit FakeQuant of ``tensor`` onto [low, high] (widened to hold 0, as TF's nudging needs)."""
+    fake = node_def_pb2.NodeDef(name=name, op="FakeQuantWithMinMaxArgs", input=[tensor])
+    fake.attr["min"].f, fake.attr["max"].f, fake.attr["num_bits"].i = min(low, 0.0), max(high, 0.0), 8
+    return fake
+
+
+def _concat_input_slots(nodes, name: str, points) -> list[int]:
+    """The input slots of ``name`` when it is a concat none of whose inputs is rounded elsewhere (``points``), else
+    []. A FakeQuant on each input, with the output's range, gives the same values as one on the output; OpenVINO
+    would move it there itself, but only from the graph can it see that two concats round a shared input alike and
+    run that FakeQuant once (Wide & Deep's numeric columns)."""
+    concat = nodes.get(name)
+    if concat is None or concat.op != "ConcatV2" or any(tensor_name(t) in points for t in concat.input):
+        return []
+    return list(range(len(concat.input) - 1))
 
 
 def _weight_fake_quant(graph_def, weights: RoundedWeights) -> str:

@@ -16,6 +16,8 @@ from kquant.graph import atomic_write
 from kquant.quantization import model as model_module
 from kquant.quantization.cpu import has_vnni
 from kquant.quantization.openvino import INT8_PRECISIONS, convert, import_openvino
+from kquant.graphdef import node_name, nodes_by_name
+from kquant.quantization import qdq
 from kquant.quantization.qdq import QdqPoints, export_points, qdq_graph_def
 from kquant.runtime import GraphRunner
 
@@ -156,6 +158,35 @@ def test_the_openvino_model_is_the_one_ov_convert_model_gives(fashion_int8, fash
     assert sum(op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8 for op in ours.get_ops()) == len(points.weights) == 4
     core = ov.Core()
     np.testing.assert_array_equal(core.compile_model(ours, "CPU")(xt[:256])[0], core.compile_model(theirs, "CPU")(xt[:256])[0])
+
+
+@needs_openvino
+def test_wide_and_deeps_concats_are_rounded_at_their_inputs(wide_deep, wide_deep_int8, monkeypatch):
+    """Embeddings and numeric columns meet in two fp32 concats, each read by an int8 matmul, that round the numeric
+    columns alike: the export rounds the concats' inputs (the same values, bit for bit), so OpenVINO rounds the
+    shared numeric input once (3 FakeQuantize layers in the compiled model, 4 when the concats' outputs are rounded)."""
+    _, _, xt, _ = wide_deep
+    result = wide_deep_int8.result
+    points = export_points(result.fp32, result.units, result.ranges, result.options)
+    export = points.graph_def()
+    nodes = nodes_by_name(export)
+    concats = [n for n in export.node if n.op == "ConcatV2"]
+    assert len(concats) == 2
+    assert all(nodes[node_name(i)].op == "FakeQuantWithMinMaxArgs" for c in concats for i in c.input[:-1])
+
+    def fake_quantize_layers(graph_def):
+        compiled = import_openvino().Core().compile_model(convert(graph_def, result.fp32, points.weights), "CPU")
+        return sum(op.get_rt_info()["layerType"].astype(str) == "FakeQuantize" for op in compiled.get_runtime_model().get_ops())
+
+    assert fake_quantize_layers(export) == 3
+    monkeypatch.setattr(qdq, "_concat_input_slots", lambda *args: [])
+    rounded_after = points.graph_def()
+    assert all(f"{c.name}/fake_quant" in nodes_by_name(rounded_after) for c in concats)
+    assert fake_quantize_layers(rounded_after) == 4
+    columns = [xt[spec.node][:2000] for spec in result.fp32.inputs]
+    with GraphRunner(export, result.fp32.input_names, result.fp32.output_names) as run_export, \
+            GraphRunner(rounded_after, result.fp32.input_names, result.fp32.output_names) as run_rounded_after:
+        np.testing.assert_array_equal(run_export(*columns)[0], run_rounded_after(*columns)[0])
 
 
 @needs_openvino
