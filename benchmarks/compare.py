@@ -11,9 +11,10 @@ this CPU (Eigen, oneDNN off) is timed in a second subprocess on the same fp32 gr
 not a column. INC and TFLite quantize the same frozen fp32 graph kquant does; OpenVINO (f32 precision hint) runs
 the optimized fp32 graph converted as kquant converts its QDQ graph (kquant.quantization.openvino.convert), NNCF
 quantizes that model with its defaults, tf2onnx converts the optimized fp32 graph for ONNX Runtime's static QDQ
-int8 (per channel); all calibrate on the same samples. kquant int8 (OpenVINO) is kquant.quantize(..., target="openvino") exported with export(format="openvino"),
-once with the default stem="fp32" and once with stem="int8" (NNCF's choice: the image stem in int8 too). A peer
-that fails on a model (or is not installed) is recorded as that cell's error.
+int8 (per channel); all calibrate on the same samples. kquant int8 (OpenVINO) is kquant.quantize(...,
+target="openvino") exported with export(format="openvino"), once with the default stem="fp32" and once with
+stem="int8" (NNCF's choice: the image stem in int8 too). A peer that fails on a model (or is not installed) is
+recorded as that cell's error.
 """
 
 from __future__ import annotations
@@ -373,7 +374,7 @@ def _serialized(graph_def):
 
 def measure_model(name, runs, fp32_path):
     import kquant
-    from kquant.benchmark import summarize_times, time_interleaved, top1
+    from kquant.benchmark import summarize_times, top1
     from kquant.transforms import optimize_for_inference
 
     description, model, calibration, eval_data, labels = globals()[name]()
@@ -401,12 +402,8 @@ def measure_model(name, runs, fp32_path):
         except Exception as exc:  # a peer failing on a model is a result, recorded as such
             errors[key] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
     columns = _columns(eval_data, fp32)
-    timings = {key: {} for key in variants}
-    for batch in BATCHES:
-        arrays = [_rows(c, batch) for c in columns]
-        calls = {key: variant.runner.call(arrays) for key, variant in variants.items()}
-        for key, seconds in time_interleaved(calls, runs).items():
-            timings[key][batch] = summarize_times(batch, seconds)
+    timings = {key: {batch: summarize_times(batch, seconds) for batch, seconds in by_batch.items()}
+               for key, by_batch in _time_batches(variants, columns, runs).items()}
     head_to_head = _openvino_head_to_head(variants, columns, runs)
     classes = {key: top1(variant.runner.predict(columns)) for key, variant in variants.items()}
     results = {}
@@ -428,20 +425,28 @@ def measure_model(name, runs, fp32_path):
     return {"model": name, "description": description, "records": len(columns[0]), "runs": runs, "variants": results}
 
 
+def _time_batches(variants, columns, runs, rounds=None) -> dict:
+    """key -> batch -> the seconds of ``runs`` calls of each variant on the first rows of ``columns``, interleaved
+    (``kquant.benchmark.time_interleaved``, in its ROUNDS unless ``rounds``)."""
+    from kquant.benchmark import ROUNDS, time_interleaved
+
+    times = {key: {} for key in variants}
+    for batch in BATCHES:
+        arrays = [_rows(c, batch) for c in columns]
+        calls = {key: variant.runner.call(arrays) for key, variant in variants.items()}
+        for key, seconds in time_interleaved(calls, runs, rounds=rounds or ROUNDS).items():
+            times[key][batch] = seconds
+    return times
+
+
 def _openvino_head_to_head(variants, columns, runs) -> dict:
     """The OpenVINO int8 variants (NNCF's, kquant's) timed again among themselves, alternating call by call, 4 x
     ``runs`` calls each: in the timing of all variants the other runtimes' threads (ORT's spin after a call) slow
     whichever runs next by more than the few per cent the target is about. key -> {"h2h_b1_ms", "h2h_b32_ms"}."""
-    from kquant.benchmark import time_interleaved
-
     keys = [key for key in ("NNCF int8 (OpenVINO)", *KQUANT_OPENVINO) if key in variants]
-    result = {key: {} for key in keys}
-    for batch in BATCHES:
-        arrays = [_rows(c, batch) for c in columns]
-        calls = {key: variants[key].runner.call(arrays) for key in keys}
-        for key, seconds in time_interleaved(calls, 4 * runs, rounds=4 * runs).items():
-            result[key][f"h2h_b{batch}_ms"] = float(np.median(seconds)) * 1e3
-    return result
+    times = _time_batches({key: variants[key] for key in keys}, columns, 4 * runs, rounds=4 * runs)
+    return {key: {f"h2h_b{batch}_ms": float(np.median(seconds)) * 1e3 for batch, seconds in by_batch.items()}
+            for key, by_batch in times.items()}
 
 
 def measure_eigen(fp32_path, runs):

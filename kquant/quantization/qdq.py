@@ -107,17 +107,16 @@ class QdqPoints:
                 anchor = nodes[weights.anchor]
                 anchor.input[:] = [_weight_fake_quant(graph_def, weights) if node_name(i) == weights.const else i
                                    for i in anchor.input]
-        points = self.rounded + [t for t in self.entering if t not in self.grid]
-        outputs = {node_name(t) for t in self.fp32.output_names}
-        for tensor in dict.fromkeys(points):
+        points = list(dict.fromkeys(self.rounded + [t for t in self.entering if t not in self.grid]))
+        rounded, outputs = set(points), {node_name(t) for t in self.fp32.output_names}
+        for tensor in points:
             low, high = self.ranges[tensor]
             name = tensor.split(":")[0]
-            slots = _concat_input_slots(nodes, name, set(points)) if self.weight_form == "fake_quant" \
-                and name not in outputs else []
+            exported = self.weight_form == "fake_quant" and name not in outputs
+            slots = _concat_input_slots(nodes, name, rounded) if exported else []
             for slot in slots:  # the same values, from FakeQuants on the concat's inputs
-                concat = nodes[name]
-                fake = _fake_quant(f"{name}/input_{slot}/fake_quant", concat.input[slot], low, high)
-                concat.input[slot] = fake.name
+                fake = _fake_quant(f"{name}/input_{slot}/fake_quant", nodes[name].input[slot], low, high)
+                nodes[name].input[slot] = fake.name
                 graph_def.node.append(fake)
             if not slots:
                 fake = _fake_quant(f"{name}/fake_quant", name, low, high)

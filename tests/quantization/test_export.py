@@ -13,11 +13,11 @@ import tensorflow as tf
 import kquant
 from kquant.errors import MissingRuntimeError
 from kquant.graph import atomic_write
+from kquant.graphdef import node_name, nodes_by_name
 from kquant.quantization import model as model_module
+from kquant.quantization import qdq
 from kquant.quantization.cpu import has_vnni
 from kquant.quantization.openvino import INT8_PRECISIONS, convert, import_openvino
-from kquant.graphdef import node_name, nodes_by_name
-from kquant.quantization import qdq
 from kquant.quantization.qdq import QdqPoints, export_points, qdq_graph_def
 from kquant.runtime import GraphRunner
 
